@@ -1,0 +1,3 @@
+"""rlhf_operator: the control plane of rlhf-operator. Never imports torch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,38 @@
+"""Shared fixtures. Nothing here reaches a model hub: tiny models are built locally, once per session."""
+
+import os
+
+import pytest
+
+# No test may reach the network; hub ids in code paths must fail fast rather than hang.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """``tiny_model("tiny-gpt2", **overrides)`` -> a local directory holding that builtin model + tokenizer.
+
+    Built once per session per (name, overrides); treat the directory as read-only.
+    """
+    from rlhf_trainer.tiny import save_builtin
+
+    built = {}
+
+    def get(name: str, **overrides):
+        key = (name, tuple(sorted(overrides.items())))
+        if key not in built:
+            directory = tmp_path_factory.mktemp(name)
+            built[key] = str(save_builtin(name, directory, **overrides))
+        return built[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from rlhf_trainer.tiny import build_tokenizer
+
+    return build_tokenizer()

@@ -1,0 +1,32 @@
+"""rlhf_trainer: SFT, reward modelling and PPO with the API TRL v0.7 users know.
+
+Names are imported lazily so that torch-free parts (``rlhf_trainer.stage.config``, ``PPOConfig``) can be used
+by the operator without importing torch.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "PPOConfig": "rlhf_trainer.trainer.ppo_config",
+    "PPOTrainer": "rlhf_trainer.trainer.ppo",
+    "SFTTrainer": "rlhf_trainer.trainer.sft",
+    "RewardTrainer": "rlhf_trainer.trainer.reward",
+    "RewardConfig": "rlhf_trainer.trainer.reward",
+    "AutoModelForCausalLMWithValueHead": "rlhf_trainer.models",
+    "AutoModelForSeq2SeqLMWithValueHead": "rlhf_trainer.models",
+    "PreTrainedModelWrapper": "rlhf_trainer.models",
+    "create_reference_model": "rlhf_trainer.models",
+    "respond_to_batch": "rlhf_trainer.core",
+    "set_seed": "rlhf_trainer.core",
+    "LengthSampler": "rlhf_trainer.core",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'rlhf_trainer' has no attribute {name!r}")
