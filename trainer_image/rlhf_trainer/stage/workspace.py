@@ -1,0 +1,87 @@
+"""The workspace layout contract (torch-free), shared by the stage runner, ``rlhf run`` and tests.
+
+    <workspace>/<stage>/model/          the stage's output model (safetensors + tokenizer)
+    <workspace>/<stage>/metrics.jsonl   one record per logging step
+    <workspace>/<stage>/checkpoints/checkpoint-<step>/   resumable state; complete once it holds COMPLETE
+    <workspace>/<stage>/result.json     written last: its presence means the stage completed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+COMPLETE_MARKER = "COMPLETE"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class StageDir:
+    root: Path
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"checkpoint-{step}"
+
+    def latest_checkpoint(self) -> Path | None:
+        """The complete checkpoint with the highest step; half-written ones (no marker) are ignored."""
+        if not self.checkpoints.is_dir():
+            return None
+        complete = [
+            (int(m.group(1)), p) for p in self.checkpoints.iterdir()
+            if (m := _CHECKPOINT.match(p.name)) and (p / COMPLETE_MARKER).is_file()
+        ]
+        return max(complete)[1] if complete else None
+
+    def read_result(self) -> dict | None:
+        return json.loads(self.result.read_text()) if self.result.is_file() else None
+
+    def write_result(self, result: dict) -> None:
+        """Atomically: a reader sees either no result or the whole of it."""
+        write_json_atomic(self.result, result)
+
+
+def mark_complete(checkpoint: Path) -> None:
+    """Call once everything of a checkpoint is on disk."""
+    (checkpoint / COMPLETE_MARKER).write_text("")
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Records of a metrics.jsonl; a torn last line (the writer was killed) is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
