@@ -31,12 +31,14 @@ def learned_tokens(batch, i: int) -> list[int]:
 def test_sft_memorises_texts_and_greedy_generation_stops_at_eos(tiny_model, quick_args):
     trainer = SFTTrainer(
         tiny_model("tiny-gpt2"), train_dataset=[{"text": text} for text in TEXTS],
+        eval_dataset=[{"text": text} for text in TEXTS],
         args=quick_args(num_train_epochs=80, per_device_train_batch_size=4, learning_rate=1e-2,
                         lr_scheduler_type="constant", logging_steps=10))
     trainer.train()
 
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses[-1] < losses[0] / 10
+    assert trainer.evaluate()["eval_loss"] < losses[0] / 10
     tokenizer, model = trainer.processing_class, trainer.model.eval()
     for text in TEXTS:
         opening = tokenizer(text, return_tensors="pt").input_ids[:, :3]
@@ -61,6 +63,28 @@ def test_seed_snippet_runs_verbatim_with_a_local_model(tiny_model, tmp_path, mon
     assert trainer.state.global_step == 6  # 3 epochs of 16 rows in batches of 8: TrainingArguments' defaults
     after = trainer.model.state_dict()
     assert any(not after[name].equal(value) for name, value in before.items())
+
+
+def test_gradient_accumulation_gives_the_same_update_as_one_big_batch(tiny_model, quick_args):
+    rows = [{"text": text} for text in [TEXTS[0], "Hi.", TEXTS[3] + " " + TEXTS[1], "The music."]]
+    updated = []
+    for batch_size, accumulation in [(4, 1), (2, 2)]:
+        trainer = SFTTrainer(tiny_model("tiny-llama"), train_dataset=rows, args=quick_args(
+            max_steps=1, optim="sgd", learning_rate=1.0, per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation))
+        trainer.train()
+        updated.append(trainer.model.lm_head.weight.detach())
+    torch.testing.assert_close(updated[0], updated[1], rtol=1e-4, atol=1e-6)
+
+
+def test_neftune_noise_changes_training(tiny_model, quick_args):
+    rows = [{"text": text} for text in TEXTS]
+    losses = []
+    for alpha in (None, 5.0):
+        trainer = SFTTrainer(tiny_model("tiny-llama"), train_dataset=rows, args=quick_args(max_steps=1),
+                             neftune_noise_alpha=alpha)
+        losses.append(trainer.train().training_loss)
+    assert losses[0] != losses[1]
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
