@@ -148,6 +148,8 @@ def test_lora_without_sequence_classification_task_is_refused(tiny_model, quick_
     ([{"chosen": "a", "rejected": "b"}] * 3 + [{"chosen": "a", "rejected": " "}],
      r"train_dataset row 3: 'rejected' is ' '", "rejected", 3),
     ([], "train_dataset is empty", None, None),
+    ([{"chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}],
+     r"train_dataset row 0: prompt, chosen and rejected must be text, not list", "chosen", 0),
 ])
 def test_bad_preference_rows_name_column_and_row(tiny_model, quick_args, rows, message, column, row):
     with pytest.raises(ValueError, match=message) as error:

@@ -62,15 +62,10 @@ def check_pad_token(tokenizer) -> None:
             "so EOS is still learned.")
 
 
-def model_max_positions(config) -> int | None:
-    """How many positions the model has, when its config says (absolute or rotary position embeddings)."""
-    return getattr(config, "max_position_embeddings", None)
-
-
 def resolve_max_length(requested: int | None, tokenizer, config, field: str) -> int:
     """``requested``, checked against the model's positions; by default the smallest of the tokenizer's
     ``model_max_length``, the model's positions and 1024 (TRL's default)."""
-    positions = model_max_positions(config)
+    positions = getattr(config, "max_position_embeddings", None)  # absolute or rotary; None for T5's relative
     if requested is None:
         return min(tokenizer.model_max_length, positions or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
     if requested < 2:

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
 from rlhf_trainer.trainer.inputs import (
+    DatasetError,
     check_dataset,
     check_pad_token,
     resolve_max_length,
@@ -78,18 +79,22 @@ def preference_columns(column_names) -> list[str]:
     return columns + ["margin"] if "margin" in column_names else columns
 
 
-def tokenize_pair(row: dict, *, tokenizer, max_length: int) -> dict[str, list[int]]:
+def tokenize_pair(row: dict, index: int, *, tokenizer, max_length: int, name: str) -> dict[str, list[int]]:
     """Token ids and attention masks of ``prompt + chosen`` and ``prompt + rejected``, cut to ``max_length``."""
     prompt = row.get("prompt") or ""
     tokenized = {}
     for side in ("chosen", "rejected"):
+        if not isinstance(row[side], str) or not isinstance(prompt, str):
+            raise DatasetError(
+                f"{name} row {index}: prompt, chosen and rejected must be text, not {type(row[side]).__name__} "
+                "(render conversations with tokenizer.apply_chat_template first)", column=side, row=index)
         encoded = tokenizer(prompt + row[side])
         tokenized[f"input_ids_{side}"] = encoded["input_ids"][:max_length]
         tokenized[f"attention_mask_{side}"] = encoded["attention_mask"][:max_length]
     return tokenized
 
 
-def cut_pair(row: dict, *, max_length: int) -> dict[str, list[int]]:
+def cut_pair(row: dict, index: int, *, max_length: int) -> dict[str, list[int]]:
     return {column: row[column][:max_length] for column in TOKENIZED_COLUMNS}
 
 
@@ -99,9 +104,9 @@ def prepare_preference_dataset(dataset, name: str, *, tokenizer, max_length: int
     columns = preference_columns(dataset.column_names)
     check_dataset(dataset, columns, name)
     prepare = (partial(cut_pair, max_length=max_length) if columns[0] in TOKENIZED_COLUMNS
-               else partial(tokenize_pair, tokenizer=tokenizer, max_length=max_length))
+               else partial(tokenize_pair, tokenizer=tokenizer, max_length=max_length, name=name))
     drop = [column for column in dataset.column_names if column not in REWARD_COLUMNS]
-    return dataset.map(prepare, remove_columns=drop)
+    return dataset.map(prepare, with_indices=True, remove_columns=drop)
 
 
 @dataclass

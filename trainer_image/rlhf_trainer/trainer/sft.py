@@ -68,7 +68,7 @@ def sft_columns(column_names, dataset_text_field: str | None = None) -> list[str
         return ["text"]
     raise DatasetError(
         f"no column to train on in {list(column_names)}: pass dataset_text_field=<column> or formatting_func=..., "
-        "or use a dataset with a 'text', 'messages' or 'prompt' + 'completion' column", column="text")
+        "or use a dataset with a 'text', 'messages' or 'prompt' + 'completion' column")
 
 
 def formatted_texts(dataset, formatting_func, name: str):
@@ -107,8 +107,9 @@ def tokenize_row(row: dict, index: int, *, tokenizer, columns: list[str], max_le
         mask = list(rendered["assistant_masks"]) if completion_only else [1] * len(ids)
         if not any(mask):
             raise DatasetError(
-                f"{name} row {index}: no assistant tokens to learn. The chat template must wrap assistant turns in "
-                "{% generation %}...{% endgeneration %} (or pass completion_only_loss=False to learn every token)",
+                f"{name} row {index}: no assistant tokens to learn. Give every conversation an assistant turn, and "
+                "a chat template that wraps assistant turns in {% generation %}...{% endgeneration %} (or pass "
+                "completion_only_loss=False to learn every token)",
                 column="messages", row=index)
     else:
         ids = _with_eos(tokenizer(row[columns[0]])["input_ids"], tokenizer)
@@ -249,6 +250,9 @@ class SFTTrainer(Trainer):
             args.neftune_noise_alpha = neftune_noise_alpha
         tokenizer = resolve_tokenizer(processing_class, tokenizer, model)
         check_pad_token(tokenizer)
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token, so the model could not learn to stop: set one with "
+                             "tokenizer.add_special_tokens({'eos_token': ...})")
         self.max_seq_length = resolve_max_length(max_seq_length, tokenizer, model.config, "max_seq_length")
         if packing:
             check_documents_isolated(model)
