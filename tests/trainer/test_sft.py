@@ -144,9 +144,10 @@ def test_prompt_completion_learns_only_the_completion_and_eos(tiny_model, quick_
 
 def test_completion_only_loss_off_learns_prompt_too(tiny_model, quick_args):
     row = {"prompt": "Question: What is two plus two?", "completion": " Answer: four."}
-    trainer = SFTTrainer(tiny_model("tiny-gpt2"), args=quick_args(), train_dataset=[row],
-                         completion_only_loss=False)
-    tokenizer = trainer.processing_class
+    path = tiny_model("tiny-gpt2")
+    tokenizer = AutoTokenizer.from_pretrained(path)  # a model object and tokenizer=, as TRL v0.7 users pass them
+    trainer = SFTTrainer(AutoModelForCausalLM.from_pretrained(path), args=quick_args(), train_dataset=[row],
+                         tokenizer=tokenizer, completion_only_loss=False)
     batch = trainer.data_collator(list(trainer.train_dataset))
     first, *rest = tokenizer(row["prompt"] + row["completion"]).input_ids  # the first token has no predecessor
     assert tokenizer.decode(learned_tokens(batch, 0)) == tokenizer.decode(rest) + tokenizer.eos_token
