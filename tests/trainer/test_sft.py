@@ -87,10 +87,12 @@ def test_neftune_noise_changes_training(tiny_model, quick_args):
     assert losses[0] != losses[1]
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
-def test_packed_documents_get_the_same_loss_as_alone(tiny_model, quick_args, name):
+@pytest.mark.parametrize(("name", "attention"), [("tiny-gpt2", "sdpa"), ("tiny-llama", "sdpa"), ("tiny-llama", "eager")])
+def test_packed_documents_get_the_same_loss_as_alone(tiny_model, quick_args, name, attention):
     reviews = load_builtin("movie-reviews")[:12]
-    packed = SFTTrainer(tiny_model(name), args=quick_args(), train_dataset=reviews, packing=True, max_seq_length=96)
+    packed = SFTTrainer(tiny_model(name), args=quick_args(), train_dataset=reviews, packing=True, max_seq_length=96,
+                        model_init_kwargs={"attn_implementation": attention})
+    assert packed.model.config._attn_implementation == attention
     single = SFTTrainer(tiny_model(name), args=quick_args(), train_dataset=reviews, max_seq_length=96)
     model, collate = packed.model.eval(), packed.data_collator
     documents = {tuple(ids) for ids in single.train_dataset["input_ids"]}
