@@ -45,7 +45,7 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
 
 # The trainer: every stage pod runs `python -m rlhf_trainer.stage /etc/rlhf/stage.json` with the workspace PVC at
 # /workspace. Model and dataset caches live on that PVC, so later stages and retries reuse what was downloaded.
-# (DL3006 ignored: torch-${TORCH} is one of the two stages above, tagged there.)
+# checkov:skip=CKV_DOCKER_7: torch-${TORCH} names a stage of this file, whose FROM has a version tag
 # hadolint ignore=DL3006
 FROM torch-${TORCH} AS trainer
 LABEL org.opencontainers.image.title="rlhf-trainer" \
