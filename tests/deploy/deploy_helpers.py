@@ -21,6 +21,29 @@ KUBE_VERSIONS = ("1.32.0", kubernetes_validate.utils.latest_version())
 # Kinds whose schemas are not built in: checked by the tests that render them.
 CUSTOM_KINDS = {"ServiceMonitor"}
 
+# Value sets the chart is rendered with: defaults, namespaced mode, ServiceMonitor on, everything customised.
+GPU_TEMPLATE = {
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "nodeSelector": {"nvidia.com/gpu.present": "true"},
+    "priorityClassName": "training",
+}
+VALUE_SETS = {
+    "defaults": {},
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}},
+    "custom": {
+        "image": {"repository": "registry.example.com/rlhf/operator", "tag": "1.2.3", "pullPolicy": "Always"},
+        "trainer": {"image": {"repository": "registry.example.com/rlhf/trainer", "tag": "1.2.3-cu128"}},
+        "imagePullSecrets": [{"name": "registry"}],
+        "storage": {"defaultStorageClass": "fast-ssd", "defaultSize": "200Gi"},
+        "defaultPodTemplate": GPU_TEMPLATE,
+        "logLevel": "debug",
+        "podAnnotations": {"example.com/team": "ml"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "control", "effect": "NoSchedule"}],
+    },
+}
+
 
 def tool(name: str) -> str:
     path = TOOLS / name

@@ -6,8 +6,10 @@ import pytest
 import yaml
 from deploy_helpers import (
     CHART,
+    GPU_TEMPLATE,
     NAMESPACE,
     RELEASE,
+    VALUE_SETS,
     container_env,
     helm_template,
     only,
@@ -38,29 +40,6 @@ CLUSTER_SCOPED_GRANTS = grants(("authentication.k8s.io", "tokenreviews"), verbs=
     ("apiextensions.k8s.io", "customresourcedefinitions"), verbs="get list watch"
 )
 NAMESPACE_DISCOVERY_GRANTS = grants(("", "namespaces"), verbs="list watch")
-
-GPU_TEMPLATE = {
-    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-    "nodeSelector": {"nvidia.com/gpu.present": "true"},
-    "priorityClassName": "training",
-}
-VALUE_SETS = {
-    "defaults": {},
-    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
-    "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}},
-    "custom": {
-        "image": {"repository": "registry.example.com/rlhf/operator", "tag": "1.2.3", "pullPolicy": "Always"},
-        "trainer": {"image": {"repository": "registry.example.com/rlhf/trainer", "tag": "1.2.3-cu128"}},
-        "imagePullSecrets": [{"name": "registry"}],
-        "storage": {"defaultStorageClass": "fast-ssd", "defaultSize": "200Gi"},
-        "defaultPodTemplate": GPU_TEMPLATE,
-        "logLevel": "debug",
-        "podAnnotations": {"example.com/team": "ml"},
-        "nodeSelector": {"kubernetes.io/os": "linux"},
-        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "control", "effect": "NoSchedule"}],
-    },
-}
-
 
 @pytest.fixture(scope="module", params=sorted(VALUE_SETS))
 def rendered(request) -> tuple[str, list[dict]]:
