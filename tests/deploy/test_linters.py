@@ -1,4 +1,5 @@
-"""hadolint, yamllint and checkov over the Dockerfile, the YAML, the chart's renderings and the manifests."""
+"""hadolint, yamllint, shellcheck and checkov over the Dockerfile, the YAML, the chart's renderings, the
+manifests and the shell scripts."""
 
 import json
 import re
@@ -23,6 +24,12 @@ def test_yamllint_passes_on_what_the_chart_renders(name):
     rendered = helm_template(VALUE_SETS[name]).stdout
     assert rendered
     run(tool("yamllint"), "--strict", "--config-file", ".yamllint.yaml", "-", input=rendered)
+
+
+def test_shellcheck_finds_nothing_in_the_shell_scripts():
+    scripts = [".ci/run", *map(str, sorted(REPO.glob("scripts/*.sh"))), *map(str, sorted(REPO.glob("tests/**/*.sh")))]
+    result = run(tool("shellcheck"), *scripts, check=False)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
 def test_checkov_finds_no_failed_check(tmp_path, manifests):
