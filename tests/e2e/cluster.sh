@@ -5,14 +5,15 @@
 # docs/cluster-quickstart.md walks through the same steps by hand; keep the two in step.
 #
 # Needs: docker, kubectl, helm (or `make tools`), and kind for a kind cluster.
-# Settings (environment): RLHF_E2E_REGISTRY (not on kind), RLHF_E2E_TAG (default e2e),
-# RLHF_E2E_NAMESPACE (default rlhf-e2e), RLHF_E2E_TIMEOUT seconds (default 1800), RLHF_E2E_KEEP=1 (keep it all).
+# Settings (environment): RLHF_E2E_REGISTRY (not on kind), RLHF_E2E_TAG (default dev),
+# RLHF_E2E_NAMESPACE (default rlhf-demo), RLHF_E2E_TIMEOUT seconds (default 1800).
+# On success it deletes that namespace and uninstalls the chart, unless RLHF_E2E_KEEP=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-TAG="${RLHF_E2E_TAG:-e2e}"
+TAG="${RLHF_E2E_TAG:-dev}"
 REGISTRY="${RLHF_E2E_REGISTRY:-}"
-NAMESPACE="${RLHF_E2E_NAMESPACE:-rlhf-e2e}"
+NAMESPACE="${RLHF_E2E_NAMESPACE:-rlhf-demo}"
 TIMEOUT="${RLHF_E2E_TIMEOUT:-1800}"
 OPERATOR_IMAGE="${REGISTRY:+$REGISTRY/}rlhf-operator"
 TRAINER_IMAGE="${REGISTRY:+$REGISTRY/}rlhf-trainer"
