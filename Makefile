@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,14 +16,18 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
+# helm, hadolint, yamllint, checkov for tests/deploy, pinned, in .tools/ (a no-op once there).
+tools:
+	PYTHON=$(PYTHON) bash scripts/install-tools.sh
+
 demo: venv
 	$(BIN)/rlhf run manifests/examples/sentiment-tiny.yaml
 
-test: venv
+test: venv tools
 	$(BIN)/python -m pytest
 
 lint: venv
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) rlhf-workspace .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools rlhf-workspace .pytest_cache .ruff_cache

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# End to end on a real cluster: build the images, install the chart, run the tiny sentiment job, wait until it
+# Succeeds, print `kubectl get rlhfjobs`. Works on any kubeconfig: on kind the images are loaded into the nodes,
+# elsewhere they are pushed to $RLHF_E2E_REGISTRY (a registry the cluster pulls from).
+# docs/cluster-quickstart.md walks through the same steps by hand; keep the two in step.
+#
+# Needs: docker, kubectl, helm (or `make tools`), and kind for a kind cluster.
+# Settings (environment): RLHF_E2E_REGISTRY (not on kind), RLHF_E2E_TAG (default dev),
+# RLHF_E2E_NAMESPACE (default rlhf-demo), RLHF_E2E_TIMEOUT seconds (default 1800).
+# On success it deletes that namespace and uninstalls the chart, unless RLHF_E2E_KEEP=1.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+TAG="${RLHF_E2E_TAG:-dev}"
+REGISTRY="${RLHF_E2E_REGISTRY:-}"
+NAMESPACE="${RLHF_E2E_NAMESPACE:-rlhf-demo}"
+TIMEOUT="${RLHF_E2E_TIMEOUT:-1800}"
+OPERATOR_IMAGE="${REGISTRY:+$REGISTRY/}rlhf-operator"
+TRAINER_IMAGE="${REGISTRY:+$REGISTRY/}rlhf-trainer"
+if [[ -x .tools/bin/helm ]]; then HELM=.tools/bin/helm; else HELM=helm; fi
+
+step() { printf '\n=== %s\n' "$*"; }
+
+diagnose() {
+    kubectl describe --namespace "$NAMESPACE" rlhfjobs || true
+    kubectl get --namespace "$NAMESPACE" jobs,pods,pvc || true
+    kubectl get events --namespace "$NAMESPACE" --sort-by=.lastTimestamp | tail -n 30 || true
+    kubectl logs --namespace rlhf-system deployment/rlhf-operator --tail=100 || true
+}
+
+context="$(kubectl config current-context)"
+step "0. Cluster: $context"
+kubectl version
+
+step "1. Build the images: the operator, and the trainer with CPU torch"
+docker build --target operator --tag "$OPERATOR_IMAGE:$TAG" .
+docker build --target trainer --build-arg TORCH=cpu --tag "$TRAINER_IMAGE:$TAG" .
+
+step "2. Make the images available to the cluster"
+if [[ "$context" == kind-* ]]; then
+    kind load docker-image --name "${context#kind-}" "$OPERATOR_IMAGE:$TAG" "$TRAINER_IMAGE:$TAG"
+elif [[ -n "$REGISTRY" ]]; then
+    docker push "$OPERATOR_IMAGE:$TAG"
+    docker push "$TRAINER_IMAGE:$TAG"
+else
+    echo "The context $context is not a kind cluster: set RLHF_E2E_REGISTRY to a registry it pulls from." >&2
+    exit 2
+fi
+
+step "3. Install the operator (CRD, RBAC, Deployment) with Helm"
+"$HELM" upgrade --install rlhf-operator charts/rlhf-operator \
+    --namespace rlhf-system --create-namespace \
+    --set image.repository="$OPERATOR_IMAGE" --set image.tag="$TAG" \
+    --set trainer.image.repository="$TRAINER_IMAGE" --set trainer.image.tag="$TAG" \
+    --wait --timeout 5m
+
+step "4. Run the tiny sentiment job in namespace $NAMESPACE (Pod Security: restricted)"
+kubectl create namespace "$NAMESPACE" --dry-run=client --output yaml | kubectl apply --filename -
+kubectl label namespace "$NAMESPACE" pod-security.kubernetes.io/enforce=restricted --overwrite
+job="$(kubectl apply --namespace "$NAMESPACE" --filename manifests/examples/sentiment-tiny.yaml --output name)"
+echo "created $job"
+
+step "5. Wait until $job is Succeeded (at most ${TIMEOUT}s)"
+deadline=$((SECONDS + TIMEOUT))
+while true; do
+    phase="$(kubectl get --namespace "$NAMESPACE" "$job" --output jsonpath='{.status.phase}')"
+    stage="$(kubectl get --namespace "$NAMESPACE" "$job" --output jsonpath='{.status.stage}')"
+    echo "$(date +%T) phase=${phase:-<none>} stage=${stage:-<none>}"
+    if [[ "$phase" == Succeeded ]]; then
+        break
+    fi
+    if [[ "$phase" == Failed ]] || ((SECONDS > deadline)); then
+        echo "$job did not succeed (phase ${phase:-<none>})" >&2
+        diagnose
+        exit 1
+    fi
+    sleep 10
+done
+
+step "6. The result"
+kubectl get rlhfjobs --namespace "$NAMESPACE"
+
+if [[ "${RLHF_E2E_KEEP:-}" != 1 ]]; then
+    step "Clean up (RLHF_E2E_KEEP=1 keeps everything)"
+    kubectl delete namespace "$NAMESPACE" --wait=false
+    "$HELM" uninstall rlhf-operator --namespace rlhf-system
+fi
