@@ -175,7 +175,7 @@ def _describe_source(source: Source) -> str:
         where = f"builtin {source.builtin}"
     if isinstance(source, DatasetSource):
         details = {"config": source.config, "dir": source.data_dir,
-                   "split": None if source.path else source.split or "train", "format": source.format}
+                   "split": source.split, "format": source.format}
     else:
         details = {"dtype": source.dtype, "quantization": source.quantization,
                    "label": getattr(source, "label", None)}

@@ -103,8 +103,10 @@ def test_bad_sources_say_what_to_set(model, source, message):
         model.model_validate(source)
 
 
-def test_dataset_format_comes_from_the_extension():
+def test_dataset_format_comes_from_the_extension_and_split_defaults_to_train():
     assert DatasetSource(path="data/rows.parquet").format == "parquet"
+    assert DatasetSource(name="stanfordnlp/imdb").split == "train"
+    assert DatasetSource(path="data/rows.parquet").split is None
 
 
 @pytest.mark.parametrize(

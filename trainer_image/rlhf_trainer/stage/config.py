@@ -208,6 +208,8 @@ class DatasetSource(Checked):
     def _check_split_and_format(self) -> DatasetSource:
         if self.builtin is not None and self.split not in (None, "train", "test"):
             raise ValueError(f"builtin datasets have splits train and test, not {self.split!r}")
+        if self.path is None and self.split is None:
+            self.split = "train"
         if self.path is not None and self.format is None:
             suffix = posixpath.splitext(self.path)[1]
             if suffix not in _FORMAT_SUFFIXES:
