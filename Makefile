@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test lint venv tools clean
+.PHONY: demo test lint crd venv tools clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: venv tools
 
 lint: venv
 	$(BIN)/ruff check .
+
+# The CRD is generated from operator/rlhf_operator/api.py; a test keeps both copies equal to the generated one.
+CRD_FILES := manifests/crd/rlhf.dev_rlhfjobs.yaml charts/rlhf-operator/crds/rlhf.dev_rlhfjobs.yaml
+crd: venv
+	for f in $(CRD_FILES); do mkdir -p $$(dirname $$f) && $(BIN)/rlhf crd > $$f; done
 
 clean:
 	rm -rf $(VENV) .tools rlhf-workspace .pytest_cache .ruff_cache

@@ -26,6 +26,7 @@ from transformers import (
     T5Config,
 )
 
+from rlhf_trainer.builtin_models import BUILTIN_MODELS
 from rlhf_trainer.data import tokenizer_corpus
 
 EOS = "<|endoftext|>"
@@ -47,16 +48,6 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-
-# name -> (family, head). Heads: causal-lm, seq2seq, seq-cls (a scalar score by default, as reward models).
-BUILTIN_MODELS: dict[str, tuple[str, str]] = {
-    "tiny-gpt2": ("gpt2", "causal-lm"),
-    "tiny-llama": ("llama", "causal-lm"),
-    "tiny-opt": ("opt", "causal-lm"),
-    "tiny-t5": ("t5", "seq2seq"),
-    "tiny-gpt2-classifier": ("gpt2", "seq-cls"),
-    "tiny-llama-classifier": ("llama", "seq-cls"),
-}
 
 _AUTO_CLASSES = {
     "causal-lm": AutoModelForCausalLM,

@@ -1,0 +1,278 @@
+"""The generated CRD: structural, valid for Kubernetes, accepts every example, and its CEL rules agree with the
+operator's own checks (pydantic and the plan) on the cases they reject.
+
+No API server here: jsonschema plays its OpenAPI validation, ``unknown_fields`` its strict decoding, and
+cel-python its CEL rules (standard CEL; the rules use no Kubernetes extension functions)."""
+
+import copy
+from functools import cache
+from pathlib import Path
+
+import celpy
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from rlhf_operator.api import RLHFJob, RLHFJobStatus
+from rlhf_operator.crd import PRINTER_COLUMNS, crd, crd_yaml
+from rlhf_operator.plan import PlanError, make_plan
+
+ROOT = Path(__file__).parents[2]
+EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
+DEMO = yaml.safe_load((ROOT / "manifests" / "examples" / "sentiment-tiny.yaml").read_text())
+SCHEMA = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+# --- what the API server would do -----------------------------------------------------------------------------
+
+def schema_errors(obj):
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in jsonschema.Draft4Validator(SCHEMA).iter_errors(obj)]  # OpenAPI 3.0 bounds are Draft 4's
+
+
+def unknown_fields(schema, obj, path=""):
+    """Fields the schema does not declare: the API server's strict decoding rejects them (else prunes them)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields") or path == ".metadata":
+        return []
+    found = []
+    if isinstance(obj, dict):
+        properties, extra = schema.get("properties"), schema.get("additionalProperties")
+        for key, value in obj.items():
+            if properties is not None and key in properties:
+                found += unknown_fields(properties[key], value, f"{path}.{key}")
+            elif isinstance(extra, dict):
+                found += unknown_fields(extra, value, f"{path}.{key}")
+            else:
+                found.append(f"{path}.{key}")
+    elif isinstance(obj, list) and "items" in schema:
+        for i, item in enumerate(obj):
+            found += unknown_fields(schema["items"], item, f"{path}[{i}]")
+    return found
+
+
+@cache
+def cel_program(rule):
+    env = celpy.Environment()
+    return env.program(env.compile(rule))
+
+
+def cel_violations(schema, obj, old=None, path=""):
+    """Messages of the x-kubernetes-validations rules ``obj`` breaks (transition rules only with ``old``)."""
+    found = []
+    for rule in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in rule["rule"] and old is None:
+            continue
+        activation = {"self": celpy.json_to_cel(obj)}
+        if old is not None:
+            activation["oldSelf"] = celpy.json_to_cel(old)
+        result = cel_program(rule["rule"]).evaluate(activation)
+        assert isinstance(result, celpy.celtypes.BoolType), f"rule {rule['rule']!r} at {path} gave {result!r}"
+        if not result:
+            found.append(f"{path}: {rule['message']}")
+    if isinstance(obj, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key in obj:
+                previous = old.get(key) if isinstance(old, dict) else None
+                found += cel_violations(sub, obj[key], previous, f"{path}.{key}")
+    return found
+
+
+def operator_error(document):
+    """What the operator says about a document (pydantic, then the plan), or None."""
+    try:
+        job = RLHFJob.model_validate(document, by_name=False)
+        make_plan(job.spec, job.metadata.name, "/workspace")
+    except (ValidationError, PlanError) as e:
+        return str(e)
+    return None
+
+
+def demo(**changes):
+    document = copy.deepcopy(DEMO)
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        target = document
+        for key in parents:
+            target = target.setdefault(key, {})
+        if value is None:
+            target.pop(last, None)
+        else:
+            target[last] = value
+    return document
+
+
+# --- the files and the CRD itself -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["manifests/crd/rlhf.dev_rlhfjobs.yaml", "charts/rlhf-operator/crds/rlhf.dev_rlhfjobs.yaml"])
+def test_crd_files_equal_the_generated_crd(path):
+    assert (ROOT / path).read_text() == crd_yaml(), f"{path} is stale: run `make crd`"
+
+
+@pytest.mark.parametrize("version", ["1.30", kubernetes_validate.latest_version()])
+def test_crd_is_a_valid_kubernetes_object(version):
+    kubernetes_validate.validate(yaml.safe_load(crd_yaml()), version, strict=True)
+
+
+def walk(schema, path=""):
+    yield path, schema
+    for key, sub in schema.get("properties", {}).items():
+        yield from walk(sub, f"{path}.{key}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            yield from walk(schema[key], f"{path}[{key}]")
+
+
+def test_schema_is_structural():
+    for path, node in walk(SCHEMA):
+        int_or_string = node.get("x-kubernetes-int-or-string")
+        assert "type" in node or int_or_string, f"{path} has no type"
+        assert not {"$ref", "$defs", "oneOf", "allOf", "not", "const", "title", "nullable"} & set(node), path
+        assert "anyOf" not in node or int_or_string, f"{path}: a union of types"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        assert node.get("additionalProperties", {}) not in (True, False), path
+        assert set(node.get("required", [])) <= set(node.get("properties", {})), path
+        for flag in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert isinstance(node.get(flag, True), bool), f"{path}.{flag} must be OpenAPI 3.0's boolean"
+        if node.get("x-kubernetes-preserve-unknown-fields"):
+            assert node["type"] == "object", path
+
+
+def test_schema_declares_no_defaults_and_describes_them_instead():
+    assert all("default" not in node for _, node in walk(SCHEMA))
+    steps = SCHEMA["properties"]["spec"]["properties"]["stages"]["properties"]["ppo"]["properties"]["config"]
+    assert steps["properties"]["batchSize"]["description"].endswith("Default: 128.")
+
+
+def test_every_field_is_described():
+    undescribed = [path for path, node in walk(SCHEMA) if "description" not in node and path.count(".") > 1
+                   and "[" not in path.rsplit(".", 1)[-1]]
+    assert undescribed == []
+
+
+def test_resource_names_subresource_and_printer_columns():
+    spec = crd()["spec"]
+    assert (spec["group"], spec["names"]["kind"], spec["names"]["plural"]) == ("rlhf.dev", "RLHFJob", "rlhfjobs")
+    assert spec["names"]["shortNames"] == ["rlhf", "rlhfjob"]
+    version = spec["versions"][0]
+    assert (version["name"], version["subresources"]) == ("v1alpha1", {"status": {}})
+    assert [c["name"].upper() for c in version["additionalPrinterColumns"]] == ["STAGE", "PHASE", "STEP", "REWARD",
+                                                                             "KL", "AGE"]
+
+
+@pytest.mark.parametrize("column", PRINTER_COLUMNS[:-1], ids=lambda c: c["name"])
+def test_printer_columns_read_declared_status_fields(column):
+    node = SCHEMA
+    for key in column["jsonPath"].strip(".").split("."):
+        node = node["properties"][key]
+    assert node["type"] == column["type"]
+    assert "conditions" not in column["jsonPath"]
+
+
+def test_a_full_status_is_declared_so_nothing_is_pruned():
+    status = {
+        "phase": "Running", "stage": "ppo", "observedGeneration": 2,
+        "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T01:00:00Z",
+        "stages": {"sft": {"phase": "Succeeded", "job": "demo-sft", "startTime": "2026-01-01T00:00:00Z",
+                           "completionTime": "2026-01-01T00:10:00Z", "output": "/workspace/sft",
+                           "metrics": {"loss": 1.5}, "retries": 1, "reason": "Completed", "message": "done"}},
+        "ppo": {"step": 3, "totalSteps": 40, "meanReward": 0.5, "kl": 0.1, "klCoef": 0.05, "policyLoss": -0.1,
+                "valueLoss": 0.2, "entropy": 2.1, "updatedAt": "2026-01-01T00:30:00Z"},
+        "conditions": [{"type": "Running", "status": "True", "reason": "StageRunning", "message": "ppo",
+                        "lastTransitionTime": "2026-01-01T00:20:00Z", "observedGeneration": 2}],
+    }
+    RLHFJobStatus.model_validate(status)
+    assert unknown_fields(SCHEMA, {**DEMO, "status": status}) == []
+    assert schema_errors({**DEMO, "status": status}) == []
+    conditions = SCHEMA["properties"]["status"]["properties"]["conditions"]
+    assert (conditions["x-kubernetes-list-type"], conditions["x-kubernetes-list-map-keys"]) == ("map", ["type"])
+
+
+# --- the examples ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_passes_the_crd_schema_strict_decoding_and_cel_rules(example):
+    document = yaml.safe_load(example.read_text())
+    assert schema_errors(document) == []
+    assert unknown_fields(SCHEMA, document) == []
+    assert cel_violations(SCHEMA, document) == []
+
+
+def test_strict_decoding_names_a_misspelled_field():
+    assert unknown_fields(SCHEMA, demo(spec__stages__ppo__confg={})) == [".spec.stages.ppo.confg"]
+
+
+# --- what the schema alone rejects, the operator rejects too --------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("document", "where"),
+    [
+        (demo(spec__stages__sft__training__learningRate=0), "spec.stages.sft.training.learningRate"),
+        (demo(spec__stages__ppo__steps=0), "spec.stages.ppo.steps"),
+        (demo(spec__stages__sft__training__warmupRatio=1), "spec.stages.sft.training.warmupRatio"),
+        (demo(spec__stages__ppo__generation__topP=1.5), "spec.stages.ppo.generation.topP"),
+        (demo(spec__stages__sft__distributed__strategy="horovod"), "spec.stages.sft.distributed.strategy"),
+        (demo(spec__storage__size="1 Gi"), "spec.storage.size"),
+        (demo(spec__model__builtin="tiny-gpt3"), "spec.model.builtin"),
+        (demo(spec__stages__ppo__reward__callable="not callable"), "spec.stages.ppo.reward.callable"),
+        (demo(spec__stages__ppo__steps=None), "spec.stages.ppo"),
+    ],
+    ids=lambda x: x if isinstance(x, str) else "",
+)
+def test_schema_and_operator_reject_the_same_values(document, where):
+    errors = schema_errors(document)
+    assert any(error.startswith(f"{where}: ") for error in errors), errors
+    assert operator_error(document) is not None
+
+
+# --- what only CEL can say, the operator says too -------------------------------------------------------------
+
+BAD = [
+    (demo(spec__model__name="gpt2"), ".spec.model: set exactly one of name, path, builtin, fromStage"),
+    (demo(spec__model={"fromStage": "sft"}), ".spec: model.fromStage: the job's model cannot come from one of"),
+    (demo(spec__stages__ppo__reward={"label": "POSITIVE"}), ".spec.stages.ppo.reward: set exactly one of"),
+    (demo(spec__stages__ppo__reward={"name": "x", "callable": "m:f"}), ".spec.stages.ppo.reward: set exactly one of"),
+    (demo(spec__stages__ppo__reward={"callable": "m:f", "label": "P"}), "label needs one of name, path"),
+    (demo(spec__model={"path": "/m", "revision": "v1"}), ".spec.model: revision needs name"),
+    (demo(spec__stages__sft__dataset={"path": "reviews.txt"}), "cannot tell the format of path"),
+    (demo(spec__stages__sft__dataset={"path": "r.jsonl", "split": "test"}), "split needs one of name, builtin"),
+    (demo(spec__stages__sft__dataset={"builtin": "movie-reviews", "split": "dev"}), "builtin datasets have splits"),
+    (demo(spec__stages__sft__dataset={"path": "r.csv"}), "evaluation.split: a dataset file has no other split"),
+    (demo(spec__stages__sft__columns={"prompt": "q"}), ".spec.stages.sft.columns: set exactly one of text, messages"),
+    (demo(spec__stages__sft__evaluation={"split": "test", "fraction": 0.1}), "set exactly one of split, fraction"),
+    (demo(spec__stages__reward__model__fromStage="ppo"),
+     ".spec.stages: reward.model.fromStage must name a stage that runs before reward"),
+    (demo(spec__stages__sft__model={"fromStage": "sft"}), ".spec.stages: sft.model.fromStage: no stage runs before"),
+    (demo(spec__stages__reward=None), ".spec.stages: ppo.reward.fromStage must name a stage that runs before ppo"),
+    (demo(spec__stages__reward=None, spec__stages__ppo__reward=None),
+     ".spec.stages: ppo.reward: not set and no reward stage runs before ppo"),
+    (demo(spec__stages={}), ".spec.stages: no stages"),
+    (demo(spec__model=None), ".spec: stages.sft.model: no model to start from"),
+    (demo(spec__stages__ppo__config__steps=300), "config.steps differs from steps"),
+    (demo(spec__stages__ppo__config__seed=5), "config.seed differs from seed"),
+    (demo(spec__stages__ppo__config__logWith="wandb"), "config.logWith: set the stage's reportTo instead"),
+    (demo(spec__stages__ppo__generation={"minNewTokens": 20}), "minNewTokens exceeds maxNewTokens"),
+    (demo(spec__stages__ppo__query={"minTokens": 2}), "minTokens needs maxTokens"),
+    (demo(spec__stages__ppo__query={"minTokens": 9, "maxTokens": 8}), "minTokens exceeds maxTokens"),
+    (demo(spec__stages__ppo__guardrails={"window": 5}), "window needs minRewardImprovement"),
+    (demo(spec__stages__ppo__peft={"r": 4}, spec__stages__ppo__numSharedLayers=2), "numSharedLayers: not with peft"),
+    (demo(spec__storage={"existingClaim": "data", "size": "1Gi"}), "not with existingClaim"),
+]
+
+
+@pytest.mark.parametrize(("document", "message"), BAD, ids=[m for _, m in BAD])
+def test_cel_rules_and_the_operator_reject_the_same_specs(document, message):
+    assert schema_errors(document) == []
+    violations = cel_violations(SCHEMA, document)
+    assert any(message in v for v in violations), violations
+    assert operator_error(document) is not None
+
+
+def test_stages_cannot_change_once_the_job_has_started():
+    started = {**DEMO, "status": {"phase": "Running", "startTime": "2026-01-01T00:00:00Z"}}
+    changed = demo(spec__stages__ppo__steps=80)
+    message = ": spec.stages cannot change once the job has started; create a new RLHFJob"
+    assert cel_violations(SCHEMA, {**changed, "status": started["status"]}, old=started) == [message]
+    assert cel_violations(SCHEMA, changed, old=DEMO) == []  # not started yet
+    assert cel_violations(SCHEMA, {**demo(spec__suspend=True), "status": started["status"]}, old=started) == []
