@@ -23,9 +23,8 @@ from rlhf_trainer.stage.config import (
     Source,
     StageSettings,
     map_sources,
-    stage_dir,
-    stage_model_dir,
 )
+from rlhf_trainer.stage.workspace import stage_dir, stage_model_dir
 
 # Child object names become label values and Indexed Job pod hostnames (<name>-<index>): 63 characters at most.
 MAX_CHILD_NAME = 52

@@ -44,12 +44,6 @@ def test_unknown_kind_is_refused():
         parse_stage_config(json.dumps({**json.loads(ppo_config().to_json()), "kind": "dpo"}))
 
 
-def test_layout_paths_follow_the_output_dir():
-    config = ppo_config()
-    assert (config.model_dir, config.metrics_file, config.checkpoints_dir, config.result_file) == (
-        "/ws/ppo/model", "/ws/ppo/metrics.jsonl", "/ws/ppo/checkpoints", "/ws/ppo/result.json")
-
-
 def test_ppo_config_takes_steps_and_seed_from_the_stage():
     config = ppo_config(steps=7, seed=3)
     assert (config.config.steps, config.config.seed) == (7, 3)

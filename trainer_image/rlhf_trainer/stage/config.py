@@ -28,23 +28,6 @@ StageKind = Literal["sft", "reward", "ppo"]
 """The stage kinds, in the order a job runs them."""
 STAGE_ORDER: tuple[str, ...] = get_args(StageKind)
 
-# The workspace layout: <workspace>/<stage>/{model/, metrics.jsonl, checkpoints/, result.json (written last)}.
-MODEL_DIR = "model"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINTS_DIR = "checkpoints"
-RESULT_FILE = "result.json"
-
-
-def stage_dir(workspace: str, stage: str) -> str:
-    """Where a stage writes: ``<workspace>/<stage>``."""
-    return posixpath.join(workspace, stage)
-
-
-def stage_model_dir(workspace: str, stage: str) -> str:
-    """The model a stage leaves for later stages: ``<workspace>/<stage>/model``."""
-    return posixpath.join(stage_dir(workspace, stage), MODEL_DIR)
-
-
 # --- cross-field rules, checked here in Python and declared as CEL for the CRD -------------------------------
 
 class Rule(NamedTuple):
@@ -550,22 +533,6 @@ class StageAssignment(Schema):
     job_name: str = Field(min_length=1, description="The RLHFJob's name.")
     workspace: str = Field(description="Absolute path of the job's workspace (on Kubernetes: /workspace).")
     output_dir: str = Field(description="Absolute path of this stage's directory, <workspace>/<name>.")
-
-    @property
-    def model_dir(self) -> str:
-        return posixpath.join(self.output_dir, MODEL_DIR)
-
-    @property
-    def metrics_file(self) -> str:
-        return posixpath.join(self.output_dir, METRICS_FILE)
-
-    @property
-    def checkpoints_dir(self) -> str:
-        return posixpath.join(self.output_dir, CHECKPOINTS_DIR)
-
-    @property
-    def result_file(self) -> str:
-        return posixpath.join(self.output_dir, RESULT_FILE)
 
     @model_validator(mode="after")
     def _check_resolved(self) -> StageAssignment:

@@ -3,40 +3,54 @@
     <workspace>/<stage>/model/          the stage's output model (safetensors + tokenizer)
     <workspace>/<stage>/metrics.jsonl   one record per logging step
     <workspace>/<stage>/checkpoints/checkpoint-<step>/   resumable state; complete once it holds COMPLETE
-    <workspace>/<stage>/result.json     written last: its presence means the stage completed
+    <workspace>/<stage>/result.json     written last: its presence means the stage finished (see its phase)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+MODEL_DIR, METRICS_FILE, CHECKPOINTS_DIR, RESULT_FILE = "model", "metrics.jsonl", "checkpoints", "result.json"
 COMPLETE_MARKER = "COMPLETE"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
+def stage_dir(workspace: str, stage: str) -> str:
+    """Where a stage writes: ``<workspace>/<stage>`` (POSIX paths: the same on Kubernetes and locally)."""
+    return posixpath.join(workspace, stage)
+
+
+def stage_model_dir(workspace: str, stage: str) -> str:
+    """The model a stage leaves for later stages: ``<workspace>/<stage>/model``."""
+    return posixpath.join(workspace, stage, MODEL_DIR)
+
+
 @dataclass(frozen=True)
 class StageDir:
+    """One stage's directory, ``<workspace>/<stage>``."""
+
     root: Path
 
     @property
     def model(self) -> Path:
-        return self.root / "model"
+        return self.root / MODEL_DIR
 
     @property
     def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
+        return self.root / METRICS_FILE
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return self.root / CHECKPOINTS_DIR
 
     @property
     def result(self) -> Path:
-        return self.root / "result.json"
+        return self.root / RESULT_FILE
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"checkpoint-{step}"

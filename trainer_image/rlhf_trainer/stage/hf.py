@@ -1,0 +1,134 @@
+"""Glue between a stage config and transformers' Trainer, shared by the sft and reward runners."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from rlhf_trainer.stage.config import LoRA, StageAssignment
+from rlhf_trainer.stage.runner import StageContext, StageStopped
+from rlhf_trainer.stage.workspace import mark_complete
+
+
+def report_to(config: StageAssignment) -> list[str]:
+    """The trackers to log to: as configured, else TensorBoard when it is installed."""
+    if config.report_to is not None:
+        return config.report_to
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+
+
+def training_arguments(ctx: StageContext, args_class=TrainingArguments, **extra) -> TrainingArguments:
+    """TrainingArguments for the stage: its training settings, checkpoints in ``<stage>/checkpoints``."""
+    config, training = ctx.config, ctx.config.training
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(ctx.dir.root / "tensorboard"))
+    evaluation = config.evaluation
+    precision = config.distributed.mixed_precision
+    return args_class(
+        output_dir=str(ctx.dir.checkpoints),
+        learning_rate=training.learning_rate,
+        num_train_epochs=training.num_train_epochs,
+        max_steps=training.max_steps or -1,
+        per_device_train_batch_size=training.per_device_train_batch_size,
+        per_device_eval_batch_size=training.per_device_eval_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        warmup_steps=training.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the steps
+        lr_scheduler_type=training.lr_scheduler_type,
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        gradient_checkpointing=training.gradient_checkpointing,
+        logging_steps=training.logging_steps,
+        save_strategy="steps",
+        save_steps=config.checkpointing.save_steps,
+        save_total_limit=config.checkpointing.save_total_limit,
+        eval_strategy="steps" if evaluation is not None and evaluation.steps else "no",
+        eval_steps=evaluation.steps if evaluation is not None else None,
+        seed=config.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        report_to=report_to(config),
+        disable_tqdm=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **strategy_arguments(config),
+        **extra,
+    )
+
+
+def strategy_arguments(config: StageAssignment) -> dict:
+    """Trainer settings of the configured parallelism (DDP needs none)."""
+    strategy = config.distributed.strategy
+    if strategy == "fsdp":
+        return {"fsdp": "full_shard auto_wrap"}
+    if strategy.startswith("deepspeed"):
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ImportError(f"distributed.strategy {strategy} needs DeepSpeed: use a trainer image with the "
+                              "deepspeed extra (pip install deepspeed)")
+        return {"deepspeed": {
+            "zero_optimization": {"stage": int(strategy[-1])},
+            "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
+        }}
+    return {}
+
+
+def lora_config(lora: LoRA | None, task_type: str):
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        task_type=task_type, r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+        target_modules=lora.target_modules, bias=lora.bias, modules_to_save=lora.modules_to_save)
+
+
+class StageCallback(TrainerCallback):
+    """Reports every log to the stage's reporter, marks checkpoints complete once saved, and turns a stop
+    request (SIGTERM, Ctrl-C) into a checkpoint and an orderly end of training."""
+
+    def __init__(self, ctx: StageContext):
+        self.ctx = ctx
+        self.stopped = False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.ctx.report(state.global_step, state.max_steps, logs)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            mark_complete(self.ctx.dir.checkpoint(state.global_step))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.ctx.stop.requested:
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def train(trainer, ctx: StageContext, evaluate: bool) -> dict:
+    """Train (from the latest complete checkpoint, if any), evaluate, save; the kind's part of result.json."""
+    callback = StageCallback(ctx)
+    trainer.add_callback(callback)
+    checkpoint = ctx.dir.latest_checkpoint()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if callback.stopped:
+        raise StageStopped
+    state = trainer.state
+    metrics = {"train_loss": output.training_loss}
+    if evaluate:
+        metrics.update(trainer.evaluate())
+    save_model(trainer, ctx, ctx.config.peft)
+    return {"steps": state.global_step, "totalSteps": state.max_steps, "metrics": metrics}
+
+
+def save_model(trainer, ctx: StageContext, lora: LoRA | None) -> None:
+    """The trained model and its tokenizer into ``<stage>/model``; LoRA adapters merged in unless asked not to."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if lora is not None and lora.merge:
+        model = model.merge_and_unload()
+    if trainer.args.should_save:
+        model.save_pretrained(ctx.dir.model)
+        trainer.processing_class.save_pretrained(ctx.dir.model)
+

@@ -1,0 +1,27 @@
+"""The reward stage: RewardTrainer on preference pairs, resumable, the reward model saved to ``<stage>/model``."""
+
+from __future__ import annotations
+
+from rlhf_trainer.stage import hf
+from rlhf_trainer.stage.runner import StageContext
+from rlhf_trainer.stage.sources import model_kwargs, model_path, renamed, train_and_eval
+from rlhf_trainer.trainer.reward import RewardConfig, RewardTrainer
+
+
+def run(ctx: StageContext) -> dict:
+    config = ctx.config
+    columns = config.columns
+    mapping = {"chosen": columns.chosen, "rejected": columns.rejected, "prompt": columns.prompt,
+               "margin": columns.margin}
+    train, held_out = train_and_eval(config.dataset, config.evaluation, config.seed)
+    train = renamed(train, mapping, "the dataset")
+    held_out = renamed(held_out, mapping, "the held-out dataset") if held_out is not None else None
+    trainer = RewardTrainer(
+        model_path(config.model, config.workspace),
+        args=hf.training_arguments(ctx, RewardConfig, max_length=config.training.max_seq_length),
+        train_dataset=train,
+        eval_dataset=held_out,
+        peft_config=hf.lora_config(config.peft, "SEQ_CLS"),
+        model_init_kwargs=model_kwargs(config.model),
+    )
+    return hf.train(trainer, ctx, evaluate=held_out is not None)

@@ -1,0 +1,125 @@
+"""Run one stage: skip it if finished, report progress, stop cleanly on SIGTERM/SIGINT, write result.json last.
+
+Each stage kind has a runner module (``rlhf_trainer.stage.<kind>``) with ``run(ctx) -> dict``: it trains,
+saves ``<stage>/model`` and returns the kind's part of the result. Everything else is here, the same for all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import platform
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from rlhf_trainer.stage.config import StageAssignment
+from rlhf_trainer.stage.report import Reporter, make_reporter
+from rlhf_trainer.stage.workspace import StageDir
+
+log = logging.getLogger("rlhf_trainer.stage")
+
+RUNNERS = {"sft": "rlhf_trainer.stage.sft", "reward": "rlhf_trainer.stage.reward", "ppo": "rlhf_trainer.stage.ppo"}
+
+EXIT_OK, EXIT_GUARDRAIL_FAILED, EXIT_INVALID_INPUT, EXIT_STOPPED = 0, 3, 4, 143
+VERSIONED_PACKAGES = ("rlhf-operator", "torch", "transformers", "datasets", "accelerate", "peft", "tokenizers")
+
+
+class StageStopped(Exception):
+    """A stop was requested (SIGTERM, Ctrl-C); a checkpoint was saved and a re-run resumes from it."""
+
+
+class StopSignal:
+    """SIGTERM or SIGINT asks the stage to checkpoint and stop; a second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self) -> StopSignal:
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("%s received: saving a checkpoint and stopping", signal.Signals(signum).name)
+
+
+@dataclass
+class StageContext:
+    """What a kind's runner gets: its config, its directory, where to report, whether to stop."""
+
+    config: StageAssignment
+    dir: StageDir
+    reporter: Reporter | None  # None on every process but the main one
+    stop: StopSignal = field(default_factory=StopSignal)
+
+    def report(self, step: int, total_steps: int | None, metrics: dict, **extra) -> None:
+        if self.reporter is not None:
+            self.reporter.report(step, total_steps, _numbers(metrics), **extra)
+
+
+def run_stage(config: StageAssignment, stop: StopSignal | None = None) -> int:
+    """Run the stage ``config`` describes; returns the process exit code (see docs/operator-runtime.md)."""
+    from accelerate import PartialState
+
+    stage_dir = StageDir(Path(config.output_dir))
+    if (done := stage_dir.read_result()) is not None:
+        log.info("stage %s already finished (%s): not running it again", config.name, done.get("reason"))
+        return EXIT_OK if done.get("phase") == "Succeeded" else EXIT_GUARDRAIL_FAILED
+    is_main = PartialState().is_main_process
+    reporter = make_reporter(config.name, config.kind, stage_dir.root) if is_main else None
+    ctx = StageContext(config, stage_dir, reporter, stop or StopSignal())
+    started = datetime.now(UTC)
+    clock = time.monotonic()
+    try:
+        outcome = importlib.import_module(RUNNERS[config.kind]).run(ctx)
+    except StageStopped:
+        log.warning("stage %s stopped; run it again to resume from its last checkpoint", config.name)
+        return EXIT_STOPPED
+    finally:
+        PartialState().wait_for_everyone()
+    result = {
+        "stage": config.name, "kind": config.kind, "job": config.job_name,
+        "phase": "Succeeded", "reason": "Completed",
+        "output": str(stage_dir.root), "model": str(stage_dir.model),
+        "startTime": started.isoformat(timespec="seconds"),
+        "completionTime": datetime.now(UTC).isoformat(timespec="seconds"),
+        "durationSeconds": round(time.monotonic() - clock, 1),
+        "configSha256": hashlib.sha256(config.to_json().encode()).hexdigest(),
+        "seed": config.seed,
+        "versions": package_versions(),
+        **outcome,
+    }
+    if is_main:
+        stage_dir.write_result(result)
+        ctx.report(result.get("steps", 0), result.get("totalSteps"), result.get("metrics", {}), result=result)
+        reporter.close()
+    return EXIT_OK if result["phase"] == "Succeeded" else EXIT_GUARDRAIL_FAILED
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _numbers(metrics: dict) -> dict[str, float]:
+    """The numeric entries of ``metrics`` as plain floats (tensors and numpy scalars included)."""
+    out = {}
+    for key, value in metrics.items():
+        if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+            value = value.item()
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
