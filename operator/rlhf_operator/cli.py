@@ -223,7 +223,13 @@ def crd(args: argparse.Namespace) -> int:
 
 # --- the command ----------------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_validate, add_crd]
+def add_run(subparsers: argparse._SubParsersAction) -> None:
+    from rlhf_operator.local import add_run as add
+
+    add(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_validate, add_run, add_crd]
 
 
 def build_parser() -> argparse.ArgumentParser:
