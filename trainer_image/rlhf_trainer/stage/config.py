@@ -420,8 +420,8 @@ class Generation(Checked):
     max_new_tokens: int = Field(16, ge=1, description="Most tokens in a response.")
     min_new_tokens: int | None = Field(
         None, ge=1,
-        description="When set, each batch's response length is drawn from [minNewTokens, maxNewTokens] and "
-                    "responses run to that length (TRL's LengthSampler); unset: up to maxNewTokens, ending at EOS.")
+        description="When set, each batch's longest response length is drawn from [minNewTokens, maxNewTokens] "
+                    "(TRL's LengthSampler); unset: maxNewTokens. Responses end at EOS either way.")
     temperature: float = Field(1, gt=0, description="Sampling temperature.")
     top_k: int = Field(0, ge=0, description="Sample from the k most likely tokens; 0: from all.")
     top_p: float = Field(1, gt=0, le=1, description="Sample from the smallest set of tokens with this much mass.")

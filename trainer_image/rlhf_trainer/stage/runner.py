@@ -67,13 +67,11 @@ class StageContext:
 
 def run_stage(config: StageAssignment, stop: StopSignal | None = None) -> int:
     """Run the stage ``config`` describes; returns the process exit code (see docs/operator-runtime.md)."""
-    from accelerate import PartialState
-
     stage_dir = StageDir(Path(config.output_dir))
     if (done := stage_dir.read_result()) is not None:
         log.info("stage %s already finished (%s): not running it again", config.name, done.get("reason"))
         return EXIT_OK if done.get("phase") == "Succeeded" else EXIT_GUARDRAIL_FAILED
-    is_main = PartialState().is_main_process
+    is_main = processes().is_main_process
     reporter = make_reporter(config.name, config.kind, stage_dir.root) if is_main else None
     ctx = StageContext(config, stage_dir, reporter, stop or StopSignal())
     started = datetime.now(UTC)
@@ -84,7 +82,7 @@ def run_stage(config: StageAssignment, stop: StopSignal | None = None) -> int:
         log.warning("stage %s stopped; run it again to resume from its last checkpoint", config.name)
         return EXIT_STOPPED
     finally:
-        PartialState().wait_for_everyone()
+        processes().wait_for_everyone()
     result = {
         "stage": config.name, "kind": config.kind, "job": config.job_name,
         "phase": "Succeeded", "reason": "Completed",
@@ -94,6 +92,7 @@ def run_stage(config: StageAssignment, stop: StopSignal | None = None) -> int:
         "durationSeconds": round(time.monotonic() - clock, 1),
         "configSha256": hashlib.sha256(config.to_json().encode()).hexdigest(),
         "seed": config.seed,
+        "processes": processes().num_processes,
         "versions": package_versions(),
         **outcome,
     }
@@ -102,6 +101,14 @@ def run_stage(config: StageAssignment, stop: StopSignal | None = None) -> int:
         ctx.report(result.get("steps", 0), result.get("totalSteps"), result.get("metrics", {}), result=result)
         reporter.close()
     return EXIT_OK if result["phase"] == "Succeeded" else EXIT_GUARDRAIL_FAILED
+
+
+def processes():
+    """accelerate's view of the stage's processes (CPU processes when launched with ACCELERATE_USE_CPU)."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def package_versions() -> dict[str, str]:

@@ -34,11 +34,10 @@ def _builtin_model_dir(name: str, workspace: str) -> str:
     """Builtin models are built once per workspace (deterministically), by the first process to need them."""
     directory = Path(workspace) / ".builtin" / name
     if not (directory / "config.json").is_file():
-        from accelerate import PartialState
-
+        from rlhf_trainer.stage.runner import processes
         from rlhf_trainer.tiny import save_builtin
 
-        with PartialState().main_process_first():
+        with processes().main_process_first():
             if not (directory / "config.json").is_file():
                 tmp = directory.with_name(f"{name}.tmp-{os.getpid()}")
                 save_builtin(name, tmp)

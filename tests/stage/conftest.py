@@ -1,0 +1,60 @@
+"""Stage-runner tests: stage configs planned from small RLHFJob specs, run as ``python -m rlhf_trainer.stage``."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlhf_operator.api import RLHFJobSpec
+from rlhf_operator.plan import make_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny_spec(**stages) -> dict:
+    """An RLHFJob spec on the builtin tiny GPT-2 with the given stages (camelCase dicts)."""
+    return {"model": {"builtin": "tiny-gpt2"}, "stages": stages}
+
+
+SFT = {
+    "dataset": {"builtin": "movie-reviews"},
+    "training": {"maxSteps": 12, "perDeviceTrainBatchSize": 8, "maxSeqLength": 48, "learningRate": 1e-3,
+                 "loggingSteps": 2},
+    "checkpointing": {"saveSteps": 4},
+    "reportTo": [],
+}
+
+
+@pytest.fixture
+def plan_stages(tmp_path):
+    """``plan_stages(spec) -> {stage name: config file}`` for a spec planned on a fresh workspace."""
+
+    def plan(spec: dict) -> dict[str, Path]:
+        workspace = tmp_path / "workspace"
+        planned = make_plan(RLHFJobSpec.model_validate(spec), "test-job", str(workspace))
+        files = {}
+        for stage in planned.stages:
+            files[stage.name] = workspace / ".rlhf" / f"{stage.name}.json"
+            files[stage.name].parent.mkdir(parents=True, exist_ok=True)
+            files[stage.name].write_text(stage.config.to_json())
+        return files
+
+    return plan
+
+
+def stage_env() -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer_image")]),
+           "OMP_NUM_THREADS": "1"}
+    return env
+
+
+def run_stage(config_file: Path, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlhf_trainer.stage", str(config_file)], env=stage_env(),
+                          capture_output=True, text=True, **kwargs)
+
+
+def start_stage(config_file: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "rlhf_trainer.stage", str(config_file)], env=stage_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,211 @@
+"""The ppo stage: TRL v0.7's loop (generate, score, ``PPOTrainer.step``) with checkpoints, guardrails and a
+before/after evaluation on held-out prompts; the policy saved to ``<stage>/model``."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from transformers import AutoConfig
+
+from rlhf_trainer.core import LengthSampler
+from rlhf_trainer.models import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
+from rlhf_trainer.stage.config import Guardrails, PPOStageConfig
+from rlhf_trainer.stage.hf import lora_config
+from rlhf_trainer.stage.runner import StageContext, StageStopped
+from rlhf_trainer.stage.scoring import make_scorer, vader_compound
+from rlhf_trainer.stage.sources import StageInputError, load_dataset, load_tokenizer, model_kwargs, model_path
+from rlhf_trainer.stage.workspace import mark_complete
+from rlhf_trainer.trainer.ppo import PPOTrainer
+
+RUNNER_STATE = "runner_state.json"
+SUMMARY_STEPS = 5  # the result compares the mean score of the first and the last this many steps
+EVALUATION_SEED = 1234
+
+
+@dataclass
+class LoopState:
+    """What the loop carries from step to step (and across a resume)."""
+
+    step: int = 0
+    scores: list[float] = field(default_factory=list)  # mean score of each step
+    kls: list[float] = field(default_factory=list)  # objective/kl of each step
+    before: dict | None = None  # the evaluation before PPO
+
+
+def run(ctx: StageContext) -> dict:
+    config: PPOStageConfig = ctx.config
+    tokenizer = load_tokenizer(config.policy, config.workspace)
+    trainer = PPOTrainer(config.config, load_policy(config), None, tokenizer,
+                         num_shared_layers=config.num_shared_layers)
+    device = trainer.accelerator.device
+    scorer = make_scorer(config.reward, config.workspace, device)
+    queries = query_tensors(load_dataset(config.dataset), config, tokenizer, "dataset")
+    held_out = (query_tensors(load_dataset(config.evaluation.held_out_prompts), config, tokenizer,
+                              "evaluation.heldOutPrompts") if config.evaluation else None)
+    generation = generation_kwargs(config, tokenizer)
+    length_sampler = (LengthSampler(config.generation.min_new_tokens, config.generation.max_new_tokens + 1)
+                      if config.generation.min_new_tokens else None)
+
+    state = LoopState()
+    if (checkpoint := ctx.dir.latest_checkpoint()) is not None:
+        trainer.load_checkpoint(checkpoint)
+        state = LoopState(**json.loads((checkpoint / RUNNER_STATE).read_text()))
+    if held_out is not None and state.before is None:
+        state.before = evaluate(trainer, held_out, scorer, config, generation)
+
+    reason = None
+    while state.step < config.steps and reason is None:
+        batch = [queries[i] for i in batch_indices(config, state.step, len(queries), trainer.accelerator)]
+        responses = trainer.generate(batch, return_prompt=False, length_sampler=length_sampler, **generation)
+        query_text = tokenizer.batch_decode(batch, skip_special_tokens=True)
+        response_text = tokenizer.batch_decode(responses, skip_special_tokens=True)
+        scores = scorer(query_text, response_text)
+        stats = trainer.step(batch, responses, [torch.tensor(s) for s in scores])
+        trainer.log_stats(stats, {"query": query_text, "response": response_text}, scores)
+        state.step += 1
+        state.scores.append(stats["env/reward_mean"])
+        state.kls.append(float(stats["objective/kl"]))
+        ctx.report(state.step, config.steps, {k: v for k, v in stats.items() if np.ndim(v) == 0})
+        reason = guardrail(config.guardrails, state)
+        if reason or ctx.stop.requested or state.step % config.checkpointing.save_steps == 0:
+            save_checkpoint(trainer, ctx, state)
+        if ctx.stop.requested and reason is None and state.step < config.steps:
+            raise StageStopped
+
+    after = evaluate(trainer, held_out, scorer, config, generation) if held_out is not None else None
+    save_policy(trainer, ctx, config)
+    return outcome(config, state, reason, after)
+
+
+def load_policy(config: PPOStageConfig):
+    path = model_path(config.policy, config.workspace)
+    seq2seq = AutoConfig.from_pretrained(path, trust_remote_code=config.policy.trust_remote_code).is_encoder_decoder
+    model_class = AutoModelForSeq2SeqLMWithValueHead if seq2seq else AutoModelForCausalLMWithValueHead
+    peft = lora_config(config.peft, "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM")
+    return model_class.from_pretrained(path, peft_config=peft, **model_kwargs(config.policy))
+
+
+def query_tensors(dataset, config: PPOStageConfig, tokenizer, field_path: str) -> list[torch.Tensor]:
+    """Each row's prompt as token ids, cut to the configured length (a random one in [minTokens, maxTokens])."""
+    column = config.query.column
+    if column not in dataset.column_names:
+        raise StageInputError(f"{field_path} has no column {column!r} (its columns: {dataset.column_names}); "
+                              "set query.column")
+    rng = np.random.default_rng(config.seed)
+    queries = []
+    for row, text in enumerate(dataset[column]):
+        ids = tokenizer(text)["input_ids"] if isinstance(text, str) else []
+        if not ids:
+            raise StageInputError(f"{field_path} row {row}: {column!r} is {text!r}; every prompt needs text")
+        if config.query.max_tokens is not None:
+            low = config.query.min_tokens or config.query.max_tokens
+            ids = ids[:int(rng.integers(low, config.query.max_tokens + 1))]
+        queries.append(torch.tensor(ids))
+    return queries
+
+
+def generation_kwargs(config: PPOStageConfig, tokenizer) -> dict:
+    generation = config.generation
+    return {"max_new_tokens": generation.max_new_tokens, "do_sample": generation.do_sample,
+            "temperature": generation.temperature, "top_k": generation.top_k, "top_p": generation.top_p,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
+def batch_indices(config: PPOStageConfig, step: int, size: int, accelerator) -> list[int]:
+    """This process's prompts for ``step``: a function of seed and step only, so a resumed run draws the same."""
+    per_process = config.config.batch_size
+    total = per_process * accelerator.num_processes
+    rng = np.random.default_rng([config.seed, step])
+    chosen = rng.choice(size, size=total, replace=size < total)
+    start = accelerator.process_index * per_process
+    return chosen[start:start + per_process].tolist()
+
+
+def guardrail(guardrails: Guardrails | None, state: LoopState) -> str | None:
+    """The name of the guardrail that ends the stage now, if any."""
+    if guardrails is None:
+        return None
+    if guardrails.max_kl is not None and len(state.kls) >= guardrails.for_steps and all(
+            kl > guardrails.max_kl for kl in state.kls[-guardrails.for_steps:]):
+        return "MaxKl"
+    window = guardrails.window
+    if guardrails.min_reward_improvement is not None and len(state.scores) >= 2 * window:
+        recent, before = state.scores[-window:], state.scores[-2 * window:-window]
+        if statistics.fmean(recent) - statistics.fmean(before) < guardrails.min_reward_improvement:
+            return "MinRewardImprovement"
+    return None
+
+
+@torch.no_grad()
+def evaluate(trainer: PPOTrainer, queries: list[torch.Tensor], scorer, config: PPOStageConfig,
+             generation: dict) -> dict:
+    """Mean reward (and judge score) of the policy's responses to held-out prompts, sampled with a fixed seed."""
+    tokenizer = trainer.tokenizer
+    kwargs = {**generation, "max_new_tokens": config.generation.max_new_tokens}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(EVALUATION_SEED)
+        responses = trainer.generate(queries, return_prompt=False, **kwargs)
+    query_text = tokenizer.batch_decode(queries, skip_special_tokens=True)
+    response_text = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    result = {"reward": statistics.fmean(scorer(query_text, response_text)),
+              "samples": [q + r for q, r in zip(query_text[:3], response_text[:3], strict=True)]}
+    if config.evaluation.judge == "vader":
+        result["vader"] = statistics.fmean(vader_compound([q + r for q, r in zip(query_text, response_text,
+                                                                                 strict=True)]))
+    return result
+
+
+def save_checkpoint(trainer: PPOTrainer, ctx: StageContext, state: LoopState) -> None:
+    checkpoint = ctx.dir.checkpoint(state.step)
+    trainer.save_checkpoint(checkpoint)
+    if trainer.accelerator.is_main_process:
+        (checkpoint / RUNNER_STATE).write_text(json.dumps(asdict(state)))
+        mark_complete(checkpoint)
+        keep = ctx.config.checkpointing.save_total_limit
+        older = sorted((p for p in ctx.dir.checkpoints.glob("checkpoint-*") if p != checkpoint),
+                       key=lambda p: int(p.name.rpartition("-")[2]))
+        for stale in older[:max(0, len(older) - keep + 1)]:
+            _remove(stale)
+    trainer.accelerator.wait_for_everyone()
+
+
+def _remove(path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def save_policy(trainer: PPOTrainer, ctx: StageContext, config: PPOStageConfig) -> None:
+    """The policy with its value head (LoRA merged in unless ``peft.merge`` is false) and the tokenizer."""
+    if config.peft is not None and config.peft.merge:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.pretrained_model = model.pretrained_model.merge_and_unload()
+        model.is_peft_model = False
+    trainer.save_pretrained(str(ctx.dir.model))
+
+
+def outcome(config: PPOStageConfig, state: LoopState, reason: str | None, after: dict | None) -> dict:
+    """The ppo part of result.json."""
+    first = state.scores[:SUMMARY_STEPS]
+    last = state.scores[-SUMMARY_STEPS:]
+    result = {
+        "steps": state.step, "totalSteps": config.steps,
+        "metrics": {"meanScoreFirstSteps": statistics.fmean(first), "meanScoreLastSteps": statistics.fmean(last),
+                    "kl": state.kls[-1]},
+        "scores": state.scores,
+    }
+    if reason is not None:
+        action = config.guardrails.action
+        result.update(reason=reason, phase="Succeeded" if action == "stop" else "Failed",
+                      message=f"guardrail {reason} ended the stage at step {state.step} (action {action})")
+    if after is not None:
+        result["evaluation"] = {"before": state.before, "after": after}
+        for key in ("reward", "vader"):
+            if key in after:
+                result["metrics"][f"{key}Before"] = state.before[key]
+                result["metrics"][f"{key}After"] = after[key]
+    return result
