@@ -261,3 +261,21 @@ def test_pods_rejected_by_pod_security_admission_are_surfaced(cluster, api, monk
 
         api.start_job(NS, "rootly-sft")  # the namespace's policy was relaxed: the pods exist now
         api.wait_phase(NS, "rootly", "Running")
+
+
+def test_a_guardrail_that_ended_ppo_early_is_the_reason_in_the_condition_and_an_event(cluster, api, operator):
+    api.create_rlhfjob(NS, rlhfjob("drifty"))
+    for stage in ("sft", "reward"):
+        run_stage(api, api.wait_job(NS, f"drifty-{stage}")["metadata"]["name"])
+    api.wait_job(NS, "drifty-ppo")
+    api.start_job(NS, "drifty-ppo")
+    pod = api.create_pod(NS, "drifty-ppo")
+    last = {"stage": "ppo", "kind": "ppo", "step": 17, "totalSteps": 40, "metrics": {"objective/kl": 9.5},
+            "result": {"reason": "max_kl", "steps": 17}}
+    assert operator.push(last, cluster.cluster.issue_pod_token(NS, pod))[0] == 200
+    api.complete_job(NS, "drifty-ppo")  # action stop: the stage runner saved the policy and exited 0
+    status = api.wait_phase(NS, "drifty", "Succeeded")
+    assert status["stages"]["ppo"]["reason"] == "MaxKl"
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "MaxKl" and "ended the stage at step 17" in succeeded["message"]
+    wait_events(api, "drifty", "GuardrailStopped")
