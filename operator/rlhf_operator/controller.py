@@ -174,7 +174,12 @@ class Controller:
     async def _pod_creation_problem(self, job: dict) -> tuple[str, str] | None:
         """(reason, message) when the Job controller's last attempt to create a pod failed (e.g. Pod Security
         admission rejected it: the pod template breaks the namespace's enforced standard)."""
-        events = await self.kube.pod_creation_failures(job)
+        try:
+            events = await self.kube.pod_creation_failures(job)
+        except ApiError as e:  # e.g. no RBAC to list Events: this check is worth a warning, not a stuck job
+            log.warning("cannot read the Events of Job %s/%s: %s", job["metadata"]["namespace"],
+                        job["metadata"]["name"], e)
+            return None
         if not events:
             return None
         message = events[-1].get("message") or "the Job controller cannot create pods"

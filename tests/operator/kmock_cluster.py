@@ -15,6 +15,7 @@ import copy
 import itertools
 import secrets
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +47,7 @@ class Cluster(kmock.KubernetesEmulator):
         self.tokens: dict[str, dict] = {}
         self.log: list[kmock.Request] = []
         self._live: set[str] = set()  # uids of the objects that exist
+        self.created_at: dict[tuple[str, str | None, str], float] = {}  # (plural, namespace, name): monotonic time
 
     # --- tokens ---------------------------------------------------------------------------------------------
 
@@ -109,6 +111,8 @@ class Cluster(kmock.KubernetesEmulator):
         response = await super()._handle(request)
         if resource is not None and request.action == kmock.action.CREATE and response.status == 200:
             response.set_status(201)  # what the real server answers a create with
+            meta = request.data["metadata"]
+            self.created_at[resource.plural, meta.get("namespace"), meta["name"]] = time.monotonic()
             owners = {ref["uid"] for ref in request.data["metadata"].get("ownerReferences", [])}
             if owners - self._live:  # created for an owner deleted meanwhile
                 await self._collect_garbage(owners - self._live)
