@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 POD_CHECK_SECONDS = 10.0
 """How often a running stage whose Job has no pods is checked for pods the Job controller cannot create."""
+STALE_CHILD_SECONDS = 2.0
+"""How soon to look again when a child's name is still taken by an object of a deleted RLHFJob."""
 TTL_EXPIRED = "TTLExpired"
 CHILD_KINDS = ("Job", "Service", "ConfigMap", "PersistentVolumeClaim")
 
@@ -106,6 +108,10 @@ class Controller:
         recheck = None
         for stage in plan.stages:
             job = jobs[stage.name]
+            if job is not None and not _owned_by(job, owner):
+                # A Job of an RLHFJob of the same name deleted a moment ago: wait for the garbage collector.
+                jobs[stage.name], recheck = None, STALE_CHILD_SECONDS
+                break
             if job is None and (recorded.get(stage.name) or {}).get("phase") == "Succeeded":
                 continue  # done; its Job was deleted since
             if job is None:
@@ -148,11 +154,15 @@ class Controller:
         except ApiError as e:
             if e.status != 409:
                 raise
-        if obj["kind"] == "ConfigMap":
-            return await self.kube.patch("ConfigMap", meta["namespace"], meta["name"], {"data": obj["data"]})
         existing = await self.kube.get(obj["kind"], meta["namespace"], meta["name"])
         if existing is None:  # deleted in between: try again later
             raise ApiError(409, "Conflict", f"{obj['kind']} {meta['name']} exists and does not")
+        owner_uids = {ref["uid"] for ref in meta.get("ownerReferences", [])}
+        if owner_uids and not owner_uids & {ref.get("uid") for ref in existing["metadata"].get("ownerReferences") or []}:
+            raise ApiError(409, "Conflict", f"{obj['kind']} {meta['name']} belongs to another owner (an RLHFJob of "
+                                            "the same name deleted a moment ago?); waiting for it to go")
+        if obj["kind"] == "ConfigMap" and existing.get("data") != obj["data"]:
+            return await self.kube.patch("ConfigMap", meta["namespace"], meta["name"], {"data": obj["data"]})
         return existing
 
     async def _apply_suspend(self, job: dict, suspend: bool) -> dict:
@@ -175,12 +185,12 @@ class Controller:
         """(reason, message) when the Job controller's last attempt to create a pod failed (e.g. Pod Security
         admission rejected it: the pod template breaks the namespace's enforced standard)."""
         try:
-            events = await self.kube.pod_creation_failures(job)
+            events = await self.kube.pod_creation_events(job)
         except ApiError as e:  # e.g. no RBAC to list Events: this check is worth a warning, not a stuck job
             log.warning("cannot read the Events of Job %s/%s: %s", job["metadata"]["namespace"],
                         job["metadata"]["name"], e)
             return None
-        if not events:
+        if not events or events[-1]["reason"] != "FailedCreate":
             return None
         message = events[-1].get("message") or "the Job controller cannot create pods"
         return (POD_SECURITY if "PodSecurity" in message else POD_CREATION), message
@@ -234,6 +244,10 @@ class Controller:
 
 def _state(job: dict) -> JobState:
     return job_state(job, (job["metadata"].get("annotations") or {}).get(SUSPENDED_BY_OPERATOR) == "true")
+
+
+def _owned_by(obj: dict, owner: Owner) -> bool:
+    return any(ref.get("uid") == owner.uid for ref in obj["metadata"].get("ownerReferences") or [])
 
 
 def _waiting_for_pods(job: dict) -> bool:

@@ -100,6 +100,8 @@ class StatusEndpoint:
             log.warning("refused a progress push (%s): %s", e.reason, e.message)
             return web.json_response({"error": e.message}, status=e.status)
         except ApiError as e:
+            if e.status == 404:  # the RLHFJob was deleted since its pod was verified
+                return web.json_response({"error": "the RLHFJob is gone"}, status=404)
             log.error("progress push: the API server refused a call: %s", e)
             return web.json_response({"error": "the operator cannot reach the Kubernetes API"}, status=503)
         self.metrics.pushes.inc()

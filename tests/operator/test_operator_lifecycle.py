@@ -279,3 +279,28 @@ def test_a_guardrail_that_ended_ppo_early_is_the_reason_in_the_condition_and_an_
     succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
     assert succeeded["reason"] == "MaxKl" and "ended the stage at step 17" in succeeded["message"]
     wait_events(api, "drifty", "GuardrailStopped")
+
+
+def test_a_rlhfjob_recreated_under_the_same_name_waits_for_the_old_ones_jobs_to_go(cluster, api, operator):
+    # The previous "again" was just deleted; the garbage collector has not yet deleted its Job.
+    old_owner = api.core.create_namespaced_config_map(NS, {"apiVersion": "v1", "kind": "ConfigMap",
+                                                           "metadata": {"name": "stand-in-for-the-old-rlhfjob"}})
+    stale = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+        "name": "again-sft", "labels": {"app.kubernetes.io/managed-by": "rlhf-operator", "rlhf.dev/job-name": "again"},
+        "ownerReferences": [{"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob", "name": "again",
+                             "uid": old_owner.metadata.uid, "controller": True}]},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "old"}]}}}}
+    api.batch.create_namespaced_job(NS, stale)
+    api.complete_job(NS, "again-sft", 1)  # the old run's sft had succeeded: it must not count for the new one
+
+    api.create_rlhfjob(NS, rlhfjob("again"))
+    status = wait_for(lambda: (s := api.status(NS, "again")).get("stage") and s)
+    assert (status["phase"], status["stages"]["sft"]["phase"]) == ("Pending", "Pending")
+    wait_idle(cluster)
+    assert api.job(NS, "again-sft")["metadata"]["ownerReferences"][0]["uid"] == old_owner.metadata.uid
+
+    api.core.delete_namespaced_config_map("stand-in-for-the-old-rlhfjob", NS)  # the collector catches up
+    uid = api.rlhfjob(NS, "again")["metadata"]["uid"]
+    wait_for(lambda: (job := api.job(NS, "again-sft")) and job["metadata"]["ownerReferences"][0]["uid"] == uid,
+             what="the new RLHFJob's own Job")
+    assert api.wait_phase(NS, "again", "Running")["stages"]["sft"]["phase"] == "Running"
