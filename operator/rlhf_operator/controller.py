@@ -30,8 +30,6 @@ from rlhf_operator.resources import (
 )
 from rlhf_operator.settings import OperatorSettings
 from rlhf_operator.status import (
-    POD_CREATION,
-    POD_SECURITY,
     TERMINAL,
     Event,
     JobState,
@@ -43,6 +41,7 @@ from rlhf_operator.status import (
     merge_patch,
     next_status,
     parse_time,
+    pod_creation_problem,
     set_condition,
     spec_problem,
     timestamp,
@@ -185,15 +184,11 @@ class Controller:
         """(reason, message) when the Job controller's last attempt to create a pod failed (e.g. Pod Security
         admission rejected it: the pod template breaks the namespace's enforced standard)."""
         try:
-            events = await self.kube.pod_creation_events(job)
+            return pod_creation_problem(await self.kube.job_events(job))
         except ApiError as e:  # e.g. no RBAC to list Events: this check is worth a warning, not a stuck job
             log.warning("cannot read the Events of Job %s/%s: %s", job["metadata"]["namespace"],
                         job["metadata"]["name"], e)
             return None
-        if not events or events[-1]["reason"] != "FailedCreate":
-            return None
-        message = events[-1].get("message") or "the Job controller cannot create pods"
-        return (POD_SECURITY if "PodSecurity" in message else POD_CREATION), message
 
     async def _write(self, body: dict, new: dict) -> None:
         """Write the status change through the status subresource, then post its Events."""

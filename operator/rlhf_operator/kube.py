@@ -19,7 +19,7 @@ from kubernetes.aio.config import ConfigException, load_incluster_config, load_k
 
 from rlhf_operator import __version__
 from rlhf_operator.api import GROUP, PLURAL, VERSION
-from rlhf_operator.status import Event, parse_time, timestamp
+from rlhf_operator.status import Event, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +145,12 @@ class Kube:
         except Exception as e:  # noqa: BLE001 - an Event is worth a log line, not a failed reconcile
             log.warning("could not post event %s on %s/%s: %s", event.reason, meta["namespace"], meta["name"], e)
 
-    async def pod_creation_events(self, job: dict) -> list[dict]:
-        """The Job controller's SuccessfulCreate and FailedCreate Events on ``job``, oldest first."""
+    async def job_events(self, job: dict) -> list[dict]:
+        """The Events on ``job`` (its controller's SuccessfulCreate, FailedCreate, ...)."""
         meta = job["metadata"]
         selector = f"involvedObject.kind=Job,involvedObject.name={meta['name']}"
         events = await self.list("Event", meta["namespace"], field_selector=selector)
-        found = [e for e in events if e.get("reason") in ("SuccessfulCreate", "FailedCreate")
-                 and (e.get("involvedObject") or {}).get("uid") == meta.get("uid")]
-        return sorted(found, key=_event_time)
+        return [e for e in events if (e.get("involvedObject") or {}).get("uid") == meta.get("uid")]
 
     # --- authentication -------------------------------------------------------------------------------------
 
@@ -162,13 +160,6 @@ class Kube:
                 "spec": {"token": token, "audiences": [audience]}}
         review = await _json(await self._auth.create_token_review_without_preload_content(body))
         return review.get("status") or {}
-
-
-def _event_time(event: dict) -> datetime:
-    """When an Event last happened (core/v1 Events written through either events API carry different fields)."""
-    text = (event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp")
-            or event["metadata"].get("creationTimestamp") or "1970-01-01T00:00:00Z")
-    return parse_time(text)
 
 
 async def _absent_is_none(call) -> Any:

@@ -119,6 +119,23 @@ def job_state(job: dict, suspended_by_operator: bool = False) -> JobState:
     return JobState("Running", retries=retries, active=active)
 
 
+def pod_creation_problem(events: list[dict]) -> tuple[str, str] | None:
+    """(reason, message) when the Job controller's last attempt to create a pod failed, from the Job's Events
+    (``FailedCreate`` after any ``SuccessfulCreate``): e.g. Pod Security admission rejected the pod."""
+    creates = sorted((e for e in events if e.get("reason") in ("SuccessfulCreate", "FailedCreate")), key=_event_time)
+    if not creates or creates[-1]["reason"] != "FailedCreate":
+        return None
+    message = creates[-1].get("message") or "the Job controller cannot create pods"
+    return (POD_SECURITY if "violates PodSecurity" in message else POD_CREATION), message
+
+
+def _event_time(event: dict) -> datetime:
+    """When an Event last happened (Events written through the two events APIs fill different fields)."""
+    text = (event.get("lastTimestamp") or event.get("eventTime") or event.get("firstTimestamp")
+            or (event.get("metadata") or {}).get("creationTimestamp") or "1970-01-01T00:00:00Z")
+    return parse_time(text)
+
+
 # --- progress records pushed by trainer pods ------------------------------------------------------------------
 
 def numbers(values: Any) -> dict[str, float]:

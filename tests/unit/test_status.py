@@ -18,6 +18,7 @@ from rlhf_operator.status import (
     job_state,
     merge_patch,
     next_status,
+    pod_creation_problem,
     ppo_status,
     progress_patch,
     set_condition,
@@ -86,6 +87,26 @@ def test_a_suspended_job_is_suspended_when_the_operator_did_it_and_queued_when_k
     assert job_state(job(suspend=True), suspended_by_operator=True).phase == "Suspended"
     queued = job_state(job(suspend=True))
     assert (queued.phase, queued.reason) == ("Pending", "Queued")
+
+
+def create_event(reason: str, at: str, message: str = "", micro: bool = False) -> dict:
+    when = {"eventTime": at.replace("Z", ".000000Z")} if micro else {"lastTimestamp": at}
+    return {"reason": reason, "message": message, "type": "Warning" if reason == "FailedCreate" else "Normal",
+            "metadata": {"name": "e"}, **when}
+
+
+def test_pods_the_job_controller_failed_to_create_are_a_problem_until_it_creates_one():
+    rejected = ('Error creating: pods "demo-sft-x" is forbidden: violates PodSecurity "restricted:latest": '
+                'allowPrivilegeEscalation != false')
+    assert pod_creation_problem([create_event("FailedCreate", T1, rejected)]) == ("PodSecurityViolation", rejected)
+    quota = 'Error creating: pods "demo-sft-x" is forbidden: exceeded quota: gpus'
+    assert pod_creation_problem([create_event("FailedCreate", T1, quota)]) == ("PodCreationFailed", quota)
+    # Events written through events.k8s.io carry eventTime instead of lastTimestamp.
+    healed = [create_event("FailedCreate", T1, rejected), create_event("SuccessfulCreate", T2, micro=True)]
+    assert pod_creation_problem(healed) is None
+    assert pod_creation_problem([*healed, create_event("FailedCreate", T3, quota, micro=True)])[0] == \
+        "PodCreationFailed"
+    assert pod_creation_problem([create_event("Completed", T1)]) is None
 
 
 # --- conditions ------------------------------------------------------------------------------------------------
