@@ -17,13 +17,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import jsonschema
 import kubernetes
 import kubernetes_validate
 from kmock_cluster import RLHFJOBS, RunningCluster
 from kopf.testing import KopfRunner
+from test_crd import unknown_fields
 
 from rlhf_operator import handlers  # noqa: F401 - registers the handlers KopfRunner runs
 from rlhf_operator.api import GROUP, PLURAL, VERSION
+from rlhf_operator.crd import crd
 from rlhf_operator.kube import USER_AGENT
 
 KUBERNETES_VERSION = "1.32"
@@ -252,6 +255,18 @@ def assert_valid_objects(running: RunningCluster) -> None:
         if obj.deleted or resource == RLHFJOBS:
             continue
         kubernetes_validate.validate(obj.raw, KUBERNETES_VERSION, strict=True)
+
+
+def assert_status_matches_the_crd(running: RunningCluster) -> None:
+    """Every RLHFJob's status is valid for the CRD's status schema and declares every field it holds (a real API
+    server prunes undeclared status fields)."""
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    for body in running.cluster.stored(RLHFJOBS):
+        status = body.get("status") or {}
+        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+                  for e in jsonschema.Draft4Validator(schema).iter_errors(status)]
+        assert errors == [], (body["metadata"]["name"], errors)
+        assert unknown_fields(schema, status, ".status") == [], body["metadata"]["name"]
 
 
 def assert_status_only_through_subresource(running: RunningCluster) -> None:
