@@ -2,6 +2,7 @@
 
     rlhf validate FILE    check an RLHFJob file and print its plan
     rlhf crd              print the RLHFJob CustomResourceDefinition
+    rlhf operator         run the operator (docs/operator-runtime.md)
 
 Each subcommand is an ``add_<name>(subparsers)`` function in ``SUBCOMMANDS``; ``run`` (rlhf_operator.local) and
 ``operator`` (rlhf_operator.handlers) join the same way and read files with ``load_job`` / ``load_plan``.
@@ -25,6 +26,7 @@ from pydantic.alias_generators import to_camel
 from rlhf_operator.api import KubernetesStage, RLHFJob
 from rlhf_operator.crd import crd_yaml
 from rlhf_operator.plan import Plan, PlanError, PlannedStage, make_plan
+from rlhf_operator.settings import LOG_LEVELS, OperatorSettings, SettingsError
 from rlhf_trainer.stage.config import DatasetSource, ModelSource, RewardSource, Source, iter_sources
 
 WORKSPACES = "rlhf-workspace"
@@ -221,6 +223,36 @@ def crd(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- rlhf operator --------------------------------------------------------------------------------------------
+
+def add_operator(subparsers: argparse._SubParsersAction) -> None:
+    command = subparsers.add_parser(
+        "operator", help="run the operator: one replica only (kopf standalone; peering is not leader election)",
+        description="Run the RLHFJob operator. Every flag also reads an RLHF_* environment variable; the flag "
+                    "wins. Run exactly one replica: kopf's peering is not leader election.")
+    command.add_argument("--namespace", action="append", dest="namespaces", metavar="NS",
+                         help="watch only this namespace (repeatable; env RLHF_WATCH_NAMESPACES, comma-separated); "
+                              "default: all namespaces")
+    command.add_argument("--port", type=int, help="HTTP port for progress pushes, metrics and probes "
+                                                  "(env RLHF_PORT; default 8080)")
+    command.add_argument("--trainer-image", help="image of stages whose RLHFJob sets no spec.image "
+                                                 "(env RLHF_TRAINER_IMAGE)")
+    command.add_argument("--log-level", choices=LOG_LEVELS, help="env RLHF_LOG_LEVEL; default info")
+    command.set_defaults(handler=operator)
+
+
+def operator(args: argparse.Namespace) -> int:
+    try:
+        settings = OperatorSettings.from_env(namespaces=tuple(args.namespaces or ()), port=args.port,
+                                             trainer_image=args.trainer_image, log_level=args.log_level)
+    except SettingsError as e:
+        raise UserError(str(e)) from e
+    from rlhf_operator.handlers import run  # kopf and the Kubernetes client: only for this command
+
+    run(settings)
+    return 0
+
+
 # --- the command ----------------------------------------------------------------------------------------------
 
 def add_run(subparsers: argparse._SubParsersAction) -> None:
@@ -229,7 +261,7 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
     add(subparsers)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_validate, add_run, add_crd]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_validate, add_run, add_crd, add_operator]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,306 @@
+"""The operator end to end against an emulated API server, driven with the official client as kubectl would be.
+
+The test plays the Job controller (Job status as kube-apiserver 1.32 writes it), the kubelet (pods, projected
+tokens) and the trainer (progress pushes with the stage runner's own reporter)."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from harness import wait_for, wait_idle
+
+from rlhf_operator import controller
+from rlhf_trainer.stage.report import HttpReporter, Reporter
+
+ROOT = Path(__file__).parents[2]
+DEMO = yaml.safe_load((ROOT / "manifests" / "examples" / "sentiment-tiny.yaml").read_text())
+NS = "team-a"
+
+
+def rlhfjob(name: str, namespace: str = NS, **spec) -> dict:
+    body = copy.deepcopy(DEMO)
+    body["metadata"] = {"name": name, "namespace": namespace}
+    body["spec"].update(spec)
+    return body
+
+
+def names(cluster, resource: str) -> list[str]:
+    return sorted(obj["metadata"]["name"] for obj in cluster.cluster.stored(resource, NS))
+
+
+def run_stage(api, job: str) -> None:
+    api.start_job(NS, job)
+    api.complete_job(NS, job)
+
+
+def wait_events(api, name: str, *reasons: str) -> list[str]:
+    return wait_for(lambda: set(reasons) <= set(seen := api.event_reasons(NS, name)) and seen,
+                    what=f"events {reasons} on {name}")
+
+
+def test_three_stages_run_in_order_and_ppo_progress_reaches_the_status(cluster, api, operator, tmp_path):
+    api.create_rlhfjob(NS, rlhfjob("sentiment"))
+    api.wait_job(NS, "sentiment-sft")
+    status = api.wait_phase(NS, "sentiment", "Running")
+    assert (status["stage"], status["stages"]["sft"]["job"]) == ("sft", "sentiment-sft")
+    assert names(cluster, "v1/persistentvolumeclaims") == ["sentiment-workspace"]
+    assert names(cluster, "v1/configmaps") == ["sentiment-sft"]
+    job = api.job(NS, "sentiment-sft")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/rlhf-trainer:test"
+
+    run_stage(api, "sentiment-sft")
+    api.wait_job(NS, "sentiment-reward")
+    run_stage(api, "sentiment-reward")
+    api.wait_job(NS, "sentiment-ppo")
+    api.start_job(NS, "sentiment-ppo")
+
+    # The trainer pod pushes its progress with the stage runner's reporter and its projected token.
+    pod = api.create_pod(NS, "sentiment-ppo")
+    token_file = tmp_path / "token"
+    token_file.write_text(cluster.cluster.issue_pod_token(NS, pod))
+    reporter = Reporter("ppo", "ppo", [HttpReporter(operator.url + "/v1/status", str(token_file), interval=0)])
+    for step in (1, 2, 3):
+        reporter.report(step, 40, {"env/reward_mean": 0.1 * step, "objective/kl": 0.01 * step,
+                                   "objective/kl_coef": 0.05, "ppo/loss/policy": -0.2, "ppo/loss/value": 0.3,
+                                   "objective/entropy": 2.5, "ppo/policy/clipfrac": 0.02})
+    reporter.report(40, 40, {"env/reward_mean": 0.9, "objective/kl": 0.08},
+                    result={"reason": "Completed", "heldOutReward": 0.8})
+    reporter.close()
+    ppo = wait_for(lambda: (p := api.status(NS, "sentiment").get("ppo", {})).get("step") == 40 and p)
+    assert {k: v for k, v in ppo.items() if k != "updatedAt"} == {
+        "step": 40, "totalSteps": 40, "meanReward": 0.9, "kl": 0.08, "klCoef": 0.05, "policyLoss": -0.2,
+        "valueLoss": 0.3, "entropy": 2.5}
+
+    api.complete_job(NS, "sentiment-ppo")
+    status = api.wait_phase(NS, "sentiment", "Succeeded")
+    assert status["stage"] == "ppo" and status["completionTime"] >= status["startTime"]
+    for stage in ("sft", "reward", "ppo"):
+        entry = status["stages"][stage]
+        assert (entry["phase"], entry["output"], entry["reason"]) == ("Succeeded", f"/workspace/{stage}", "Completed")
+        assert entry["completionTime"] >= entry["startTime"]
+    assert status["stages"]["ppo"]["metrics"]["heldOutReward"] == 0.8
+    assert status["stages"]["ppo"]["metrics"]["ppo/policy/clipfrac"] == 0.02
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Created": "True", "Running": "False", "Succeeded": "True"}
+    assert status["observedGeneration"] == 1
+    assert wait_events(api, "sentiment", "Succeeded") == [
+        "StageStarted", "StageSucceeded", "StageStarted", "StageSucceeded", "StageStarted", "StageSucceeded",
+        "Succeeded"]
+    assert operator.metric("rlhf_jobs", phase="Succeeded") == 1
+    assert operator.metric("rlhf_stage_duration_seconds_count", phase="Succeeded", stage="ppo") == 1
+    assert operator.metric("rlhf_status_pushes_total") == 4
+    assert operator.get("/healthz") == (200, "ok")
+
+
+def test_a_failed_pod_is_retried_and_the_stage_goes_on(cluster, api, operator):
+    api.create_rlhfjob(NS, rlhfjob("flaky"))
+    api.wait_job(NS, "flaky-sft")
+    api.start_job(NS, "flaky-sft")
+    api.fail_pod(NS, "flaky-sft", failed=1)
+    wait_for(lambda: api.status(NS, "flaky")["stages"]["sft"].get("retries") == 1, what="the retry")
+    assert api.status(NS, "flaky")["phase"] == "Running"
+    wait_events(api, "flaky", "StageRetrying")
+    api.complete_job(NS, "flaky-sft")
+    api.wait_job(NS, "flaky-reward")
+    assert api.status(NS, "flaky")["stages"]["sft"]["retries"] == 1
+
+
+def test_exhausted_retries_fail_the_job_with_the_jobs_reason_and_nothing_is_recreated(cluster, api, operator):
+    api.create_rlhfjob(NS, rlhfjob("doomed"))
+    run_stage(api, api.wait_job(NS, "doomed-sft")["metadata"]["name"])
+    api.wait_job(NS, "doomed-reward")
+    api.fail_job(NS, "doomed-reward", "BackoffLimitExceeded", "Job has reached the specified backoff limit", 4)
+    status = api.wait_phase(NS, "doomed", "Failed")
+    assert status["stage"] == "reward" and status["completionTime"]
+    assert status["stages"]["reward"] | {"startTime": None} == {
+        "phase": "Failed", "job": "doomed-reward", "startTime": None, "completionTime": status["completionTime"],
+        "retries": 4, "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "BackoffLimitExceeded")
+    assert "reward" in failed["message"]
+    wait_events(api, "doomed", "StageFailed", "Failed")
+
+    api.batch.delete_namespaced_job("doomed-reward", NS)  # a finished job's children are never re-created
+    wait_idle(cluster)
+    assert names(cluster, "batch/v1/jobs") == ["doomed-sft"]
+
+
+def test_suspend_suspends_the_running_stage_and_resume_continues_it(cluster, api, operator):
+    api.create_rlhfjob(NS, rlhfjob("paused"))
+    api.wait_job(NS, "paused-sft")
+    api.start_job(NS, "paused-sft")
+    api.patch_rlhfjob(NS, "paused", {"spec": {"suspend": True}})
+    wait_for(lambda: api.job(NS, "paused-sft")["spec"].get("suspend"), what="the Job to be suspended")
+    status = api.wait_phase(NS, "paused", "Suspended")
+    suspended = next(c for c in status["conditions"] if c["type"] == "Suspended")
+    assert (suspended["status"], suspended["reason"]) == ("True", "Suspended")
+    assert status["observedGeneration"] == 2
+
+    api.patch_rlhfjob(NS, "paused", {"spec": {"suspend": False}})
+    wait_for(lambda: not api.job(NS, "paused-sft")["spec"].get("suspend"), what="the Job to be resumed")
+    status = api.wait_phase(NS, "paused", "Running")
+    assert next(c for c in status["conditions"] if c["type"] == "Suspended")["reason"] == "Resumed"
+    assert not (api.job(NS, "paused-sft")["metadata"].get("annotations") or {})
+    wait_events(api, "paused", "Suspended", "Resumed")
+    run_stage(api, "paused-sft")
+    api.wait_job(NS, "paused-reward")
+
+
+def test_a_job_created_suspended_starts_its_stage_suspended(cluster, api, operator):
+    api.create_rlhfjob(NS, rlhfjob("held", suspend=True))
+    assert api.wait_job(NS, "held-sft")["spec"]["suspend"] is True
+    api.wait_phase(NS, "held", "Suspended")
+
+
+def test_a_kueue_queued_stage_waits_for_admission_and_the_operator_never_unsuspends_it(cluster, api, operator):
+    queued = rlhfjob("queued", template={"labels": {"kueue.x-k8s.io/queue-name": "gpu-queue"}})
+    api.create_rlhfjob(NS, queued)
+    job = api.wait_job(NS, "queued-sft")
+    assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    status = wait_for(lambda: (s := api.status(NS, "queued")).get("phase") == "Pending" and s)
+    assert status["stages"]["sft"]["reason"] == "Queued"
+
+    api.batch.patch_namespaced_job("queued-sft", NS, {"spec": {"suspend": False}})  # Kueue admits it
+    api.wait_phase(NS, "queued", "Running")
+    api.patch_rlhfjob(NS, "queued", {"spec": {"suspend": True}})
+    api.wait_phase(NS, "queued", "Suspended")
+    assert api.job(NS, "queued-sft")["spec"]["suspend"] is True
+    api.patch_rlhfjob(NS, "queued", {"spec": {"suspend": False}})
+    wait_for(lambda: (api.status(NS, "queued")["stages"]["sft"].get("reason") == "Queued"), what="requeued")
+    assert api.job(NS, "queued-sft")["spec"]["suspend"] is True  # Kueue unsuspends it when it admits it again
+
+
+def test_deleting_the_rlhfjob_leaves_its_kept_claim_and_nothing_is_recreated(cluster, api, operator):
+    api.create_rlhfjob(NS, rlhfjob("gone", storage={"size": "1Gi", "keepOnDelete": True}))
+    api.wait_job(NS, "gone-sft")
+    api.wait_phase(NS, "gone", "Running")
+    owned = [obj for kind in ("batch/v1/jobs", "v1/configmaps") for obj in cluster.cluster.stored(kind, NS)]
+    uid = api.rlhfjob(NS, "gone")["metadata"]["uid"]
+    assert all(obj["metadata"]["ownerReferences"][0]["uid"] == uid for obj in owned)
+
+    api.delete_rlhfjob(NS, "gone")  # the garbage collector deletes what it owns
+    wait_for(lambda: not cluster.cluster.stored("batch/v1/jobs", NS), what="the garbage collector")
+    wait_idle(cluster)
+    assert names(cluster, "batch/v1/jobs") == names(cluster, "v1/configmaps") == []
+    assert names(cluster, "v1/persistentvolumeclaims") == ["gone-workspace"]
+    wait_for(lambda: operator.metric("rlhf_jobs", phase="Running") == 0, what="the gauge")
+
+
+def test_children_are_deleted_when_the_ttl_after_finishing_expires(cluster, api, operator):
+    api.create_rlhfjob(NS, rlhfjob("brief", ttlSecondsAfterFinished=1))
+    for stage in ("sft", "reward", "ppo"):
+        run_stage(api, api.wait_job(NS, f"brief-{stage}")["metadata"]["name"])
+    api.wait_phase(NS, "brief", "Succeeded")
+    wait_for(lambda: not cluster.cluster.stored("batch/v1/jobs", NS), timeout=10, what="the TTL")
+    created = wait_for(lambda: (c := next(c for c in api.status(NS, "brief")["conditions"]
+                                          if c["type"] == "Created"))["status"] == "False" and c)
+    assert created["reason"] == "TTLExpired"
+    wait_idle(cluster)
+    assert names(cluster, "batch/v1/jobs") == names(cluster, "v1/configmaps") == []
+    assert names(cluster, "v1/persistentvolumeclaims") == []
+    assert api.status(NS, "brief")["phase"] == "Succeeded"
+    wait_events(api, "brief", "TTLExpired")
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"stages": {"ppo": {"dataset": {"builtin": "movie-prompts"}, "policy": {"builtin": "tiny-gpt2"},
+                         "reward": {"builtin": "tiny-gpt2"}}}}, "spec.stages.ppo.steps"),
+    ({"model": {"builtin": "tiny-gpt2"}, "stages": {"ppo": {"dataset": {"builtin": "movie-prompts"}, "steps": 2,
+                                                            "reward": {"fromStage": "reward"}}}},
+     "spec.stages.ppo.reward.fromStage"),
+    ({"model": {"builtin": "tiny-gpt2"}, "stages": {"sft": {"dataset": {"builtin": "movie-reviews"},
+                                                            "trainig": {}}}}, "spec.stages.sft.trainig"),
+], ids=["missing", "plan", "unknown"])
+def test_an_invalid_spec_fails_with_the_field_named_and_creates_nothing(cluster, api, operator, spec, field):
+    api.create_rlhfjob(NS, {"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob",
+                            "metadata": {"name": "bad", "namespace": NS}, "spec": spec})
+    status = api.wait_phase(NS, "bad", "Failed")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec" and failed["message"].startswith(field + ":")
+    assert wait_events(api, "bad", "InvalidSpec") == ["InvalidSpec"]
+    wait_idle(cluster)
+    assert not cluster.cluster.stored("batch/v1/jobs") and not cluster.cluster.stored("v1/configmaps")
+    assert not cluster.cluster.stored("v1/persistentvolumeclaims")
+
+
+def test_a_fixed_spec_runs(cluster, api, operator):
+    broken = rlhfjob("fixme")
+    del broken["spec"]["stages"]["ppo"]["steps"]
+    api.create_rlhfjob(NS, broken)
+    api.wait_phase(NS, "fixme", "Failed")
+    api.patch_rlhfjob(NS, "fixme", {"spec": {"stages": {"ppo": {"steps": 5}}}})
+    api.wait_job(NS, "fixme-sft")
+    status = api.wait_phase(NS, "fixme", "Running")
+    assert next(c for c in status["conditions"] if c["type"] == "Failed")["status"] == "False"
+
+
+def test_pods_rejected_by_pod_security_admission_are_surfaced(cluster, api, monkeypatch, tmp_path):
+    from harness import running_operator
+
+    monkeypatch.setattr(controller, "POD_CHECK_SECONDS", 0.1)
+    with running_operator(cluster, monkeypatch):
+        api.create_rlhfjob(NS, rlhfjob("rootly", template={"securityContext": {"allowPrivilegeEscalation": True}}))
+        job = api.wait_job(NS, "rootly-sft")
+        api.job_status(NS, "rootly-sft", {"startTime": job["metadata"]["creationTimestamp"]})
+        # What the Job controller records when Pod Security admission rejects the pod it creates:
+        message = ('pods "rootly-sft-7x2kq" is forbidden: violates PodSecurity "restricted:latest": '
+                   'allowPrivilegeEscalation != false (container "trainer" must set '
+                   'securityContext.allowPrivilegeEscalation=false)')
+        api.core.create_namespaced_event(NS, {
+            "apiVersion": "v1", "kind": "Event", "metadata": {"name": "rootly-sft.1", "namespace": NS},
+            "involvedObject": {"apiVersion": "batch/v1", "kind": "Job", "name": "rootly-sft", "namespace": NS,
+                               "uid": job["metadata"]["uid"]},
+            "type": "Warning", "reason": "FailedCreate", "message": f"Error creating: {message}",
+            "source": {"component": "job-controller"}, "count": 1})
+        status = wait_for(lambda: (s := api.status(NS, "rootly")).get("phase") == "Pending" and s)
+        running = next(c for c in status["conditions"] if c["type"] == "Running")
+        assert (running["status"], running["reason"]) == ("False", "PodSecurityViolation")
+        assert message in running["message"]
+        wait_events(api, "rootly", "PodSecurityViolation")
+
+        api.start_job(NS, "rootly-sft")  # the namespace's policy was relaxed: the pods exist now
+        api.wait_phase(NS, "rootly", "Running")
+
+
+def test_a_guardrail_that_ended_ppo_early_is_the_reason_in_the_condition_and_an_event(cluster, api, operator):
+    api.create_rlhfjob(NS, rlhfjob("drifty"))
+    for stage in ("sft", "reward"):
+        run_stage(api, api.wait_job(NS, f"drifty-{stage}")["metadata"]["name"])
+    api.wait_job(NS, "drifty-ppo")
+    api.start_job(NS, "drifty-ppo")
+    pod = api.create_pod(NS, "drifty-ppo")
+    last = {"stage": "ppo", "kind": "ppo", "step": 17, "totalSteps": 40, "metrics": {"objective/kl": 9.5},
+            "result": {"reason": "max_kl", "steps": 17}}
+    assert operator.push(last, cluster.cluster.issue_pod_token(NS, pod))[0] == 200
+    api.complete_job(NS, "drifty-ppo")  # action stop: the stage runner saved the policy and exited 0
+    status = api.wait_phase(NS, "drifty", "Succeeded")
+    assert status["stages"]["ppo"]["reason"] == "MaxKl"
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "MaxKl" and "ended the stage at step 17" in succeeded["message"]
+    wait_events(api, "drifty", "GuardrailStopped")
+
+
+def test_a_rlhfjob_recreated_under_the_same_name_waits_for_the_old_ones_jobs_to_go(cluster, api, operator):
+    # The previous "again" was just deleted; the garbage collector has not yet deleted its Job.
+    old_owner = api.core.create_namespaced_config_map(NS, {"apiVersion": "v1", "kind": "ConfigMap",
+                                                           "metadata": {"name": "stand-in-for-the-old-rlhfjob"}})
+    stale = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
+        "name": "again-sft", "labels": {"app.kubernetes.io/managed-by": "rlhf-operator", "rlhf.dev/job-name": "again"},
+        "ownerReferences": [{"apiVersion": "rlhf.dev/v1alpha1", "kind": "RLHFJob", "name": "again",
+                             "uid": old_owner.metadata.uid, "controller": True}]},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "old"}]}}}}
+    api.batch.create_namespaced_job(NS, stale)
+    api.complete_job(NS, "again-sft", 1)  # the old run's sft had succeeded: it must not count for the new one
+
+    api.create_rlhfjob(NS, rlhfjob("again"))
+    status = wait_for(lambda: (s := api.status(NS, "again")).get("stage") and s)
+    assert (status["phase"], status["stages"]["sft"]["phase"]) == ("Pending", "Pending")
+    wait_idle(cluster)
+    assert api.job(NS, "again-sft")["metadata"]["ownerReferences"][0]["uid"] == old_owner.metadata.uid
+
+    api.core.delete_namespaced_config_map("stand-in-for-the-old-rlhfjob", NS)  # the collector catches up
+    uid = api.rlhfjob(NS, "again")["metadata"]["uid"]
+    wait_for(lambda: (job := api.job(NS, "again-sft")) and job["metadata"]["ownerReferences"][0]["uid"] == uid,
+             what="the new RLHFJob's own Job")
+    assert api.wait_phase(NS, "again", "Running")["stages"]["sft"]["phase"] == "Running"

@@ -1,0 +1,94 @@
+"""POST /v1/status: only a stage's own pods, with a projected token for the operator's audience, write status."""
+
+import pytest
+from harness import running_operator, wait_for
+from test_operator_lifecycle import NS, rlhfjob
+
+from rlhf_operator import server
+
+RECORD = {"stage": "ppo", "kind": "ppo", "step": 5, "totalSteps": 40, "metrics": {"env/reward_mean": 0.5}}
+
+
+@pytest.fixture
+def ppo_pod(api, operator):
+    """A running pod of the ppo stage of RLHFJob "target" (its sft and reward stages are done)."""
+    api.create_rlhfjob(NS, rlhfjob("target"))
+    for stage in ("sft", "reward"):
+        api.wait_job(NS, f"target-{stage}")
+        api.complete_job(NS, f"target-{stage}")
+    api.wait_job(NS, "target-ppo")
+    return api.create_pod(NS, "target-ppo")
+
+
+def rejected(operator, reason: str) -> float:
+    return operator.metric("rlhf_status_pushes_rejected_total", reason=reason)
+
+
+def test_a_push_from_the_stages_pod_with_its_token_is_written(cluster, api, operator, ppo_pod):
+    token = cluster.cluster.issue_pod_token(NS, ppo_pod)
+    assert operator.push(RECORD, token) == (200, {"accepted": True})
+    assert api.status(NS, "target")["ppo"]["meanReward"] == 0.5
+
+
+@pytest.mark.parametrize("token", [None, "not-a-token"], ids=["no token", "bad token"])
+def test_a_push_without_a_valid_token_is_rejected_and_counted(cluster, api, operator, ppo_pod, token):
+    code, body = operator.push(RECORD, token)
+    assert code == 401 and "token" in body["error"]
+    assert rejected(operator, "unauthenticated") == 1
+    assert "ppo" not in api.status(NS, "target")
+
+
+def test_a_token_for_another_audience_is_rejected(cluster, api, operator, ppo_pod):
+    token = cluster.cluster.issue_pod_token(NS, ppo_pod, audience="https://kubernetes.default.svc")
+    assert operator.push(RECORD, token)[0] == 401
+    assert "ppo" not in api.status(NS, "target")
+
+
+def test_a_push_from_a_pod_that_is_not_the_stages_is_rejected_and_counted(cluster, api, operator, ppo_pod):
+    intruder = api.core.api_client.sanitize_for_serialization(api.core.create_namespaced_pod(NS, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "intruder", "labels": dict(ppo_pod["metadata"]["labels"])},  # same labels, no owner
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
+    assert operator.push(RECORD, cluster.cluster.issue_pod_token(NS, intruder))[0] == 403
+
+    # A real pod of the job, but of another stage, may not write that stage's progress.
+    sft_pod = api.create_pod(NS, "target-sft")
+    code, body = operator.push(RECORD, cluster.cluster.issue_pod_token(NS, sft_pod))
+    assert code == 403 and "runs stage sft" in body["error"]
+
+    # A pod of another RLHFJob's Job, pushing for its own stage, writes only its own RLHFJob.
+    api.create_rlhfjob(NS, rlhfjob("other"))
+    other_pod = api.create_pod(NS, api.wait_job(NS, "other-sft")["metadata"]["name"])
+    other = {**RECORD, "stage": "sft", "kind": "sft", "metrics": {"loss": 9.0}}
+    assert operator.push(other, cluster.cluster.issue_pod_token(NS, other_pod))[0] == 200
+    assert "sft" not in (api.status(NS, "target")["stages"]["sft"].get("metrics") or {})
+    assert api.status(NS, "other")["stages"]["sft"]["metrics"] == {"loss": 9.0}
+
+    assert rejected(operator, "forbidden") == 2
+    assert "ppo" not in api.status(NS, "target")
+
+
+def test_a_token_of_a_deleted_pod_is_rejected(cluster, api, operator, ppo_pod):
+    token = cluster.cluster.issue_pod_token(NS, ppo_pod)
+    api.core.delete_namespaced_pod(ppo_pod["metadata"]["name"], NS)
+    assert operator.push(RECORD, token)[0] == 403
+
+
+def test_a_malformed_record_is_rejected(cluster, api, operator, ppo_pod):
+    token = cluster.cluster.issue_pod_token(NS, ppo_pod)
+    assert operator.push({"step": 1}, token)[0] == 400
+    assert operator.push({"stage": "ppo", "metrics": [1, 2]}, token)[0] == 400
+    assert rejected(operator, "invalid") == 2
+
+
+def test_pushes_beyond_the_rate_are_throttled(cluster, api, monkeypatch):
+    monkeypatch.setattr(server, "PUSH_RATE", 0.001)
+    monkeypatch.setattr(server, "PUSH_BURST", 3)
+    with running_operator(cluster, monkeypatch) as operator:
+        api.create_rlhfjob(NS, rlhfjob("chatty"))
+        pod = api.create_pod(NS, api.wait_job(NS, "chatty-sft")["metadata"]["name"])
+        token = cluster.cluster.issue_pod_token(NS, pod)
+        record = {"stage": "sft", "kind": "sft", "step": 1, "metrics": {"loss": 1.0}}
+        assert [operator.push(record, token)[0] for _ in range(5)] == [200, 200, 200, 429, 429]
+        assert rejected(operator, "throttled") == 2
+        wait_for(lambda: api.status(NS, "chatty")["stages"]["sft"].get("metrics") == {"loss": 1.0})
