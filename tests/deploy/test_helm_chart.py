@@ -28,13 +28,14 @@ def grants(*groups_resources: tuple[str, str], verbs: str) -> set[tuple[str, str
 
 # docs/operator-runtime.md, "What the operator needs from the API (least privilege)".
 NAMESPACED_GRANTS = (
-    grants(("rlhf.dev", "rlhfjobs"), verbs="get list watch patch")
+    grants(("rlhf.dev", "rlhfjobs"), verbs="get list watch")
     | grants(("rlhf.dev", "rlhfjobs/status"), verbs="get patch")
     | grants(("batch", "jobs"), verbs="get list watch create patch delete")
     | grants(("", "persistentvolumeclaims"), ("", "configmaps"), ("", "services"),
              verbs="get list watch create patch delete")
     | grants(("", "pods"), verbs="get list watch")
     | grants(("", "events"), ("events.k8s.io", "events"), verbs="create patch")
+    | grants(("", "events"), verbs="list")
 )
 CLUSTER_SCOPED_GRANTS = grants(("authentication.k8s.io", "tokenreviews"), verbs="create") | grants(
     ("apiextensions.k8s.io", "customresourcedefinitions"), verbs="get list watch"

@@ -57,7 +57,7 @@ Role per watched namespace. Cluster-scoped rules: always in the ClusterRole.
 {{- define "rlhf-operator.namespacedRules" -}}
 - apiGroups: ["rlhf.dev"]
   resources: ["rlhfjobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["rlhf.dev"]
   resources: ["rlhfjobs/status"]
   verbs: ["get", "patch"]
@@ -73,6 +73,9 @@ Role per watched namespace. Cluster-scoped rules: always in the ClusterRole.
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
 {{- end }}
 
 {{- define "rlhf-operator.clusterRules" -}}
