@@ -310,14 +310,14 @@ class PPOTrainer:
         pg_loss, ratio, pg_clipfrac = clipped_policy_loss(logprobs, old_logprobs, advantages, mask, config.cliprange)
         vf_loss, vf_clipfrac = clipped_value_loss(values, old_values, returns, mask, config.cliprange_value)
         loss = pg_loss + config.vf_coef * vf_loss
+        mean_ratio = masked_mean(ratio.detach(), mask)
+        skipped = bool(mean_ratio > config.ratio_threshold)
+        if skipped:
+            warnings.warn(
+                f"mean ratio {mean_ratio.item():.2f} > ratio_threshold {config.ratio_threshold}: skipping "
+                "this mini batch's update", stacklevel=3)
+            loss = loss * 0.0  # still backward, so that every process takes part in the gradient sync
         with torch.no_grad():
-            mean_ratio = masked_mean(ratio, mask)
-            skipped = bool(mean_ratio > config.ratio_threshold)
-            if skipped:
-                warnings.warn(
-                    f"mean ratio {mean_ratio.item():.2f} > ratio_threshold {config.ratio_threshold}: skipping "
-                    "this mini batch's update", stacklevel=3)
-                loss = loss * 0.0  # still backward, so that every process takes part in the gradient sync
             log_ratio = logprobs - old_logprobs
             stats = {
                 "ppo/loss/policy": pg_loss.detach(),
