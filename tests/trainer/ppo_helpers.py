@@ -2,6 +2,7 @@
 
 import warnings
 
+import pytest
 import torch
 
 from rlhf_trainer import (
@@ -12,6 +13,16 @@ from rlhf_trainer import (
 )
 
 PROMPTS = ["the movie was", "I think", "a film about", "this is"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's waiting threads
+    make them tens of times slower: run these modules single-threaded."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def load_policy(path, seq2seq=False, **kwargs):
@@ -37,3 +48,22 @@ def rollout(trainer, tokenizer, n, new_tokens=6, **generation_kwargs):
     kwargs = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": True, "top_k": 0,
               **generation_kwargs}
     return qs, trainer.generate(qs, return_prompt=False, **kwargs)
+
+
+def train_toy(trainer, tokenizer, steps, n, new_tokens=8, target_rank=3):
+    """The toy task: the score is how often a response uses one target token.
+
+    The target is the ``target_rank``-th most frequent token of the untrained policy's samples, so that it is
+    sampled now and then from the start. Returns (target, mean score of each step, the last step's stats).
+    """
+    qs = queries(tokenizer, n)
+    kwargs = {"max_new_tokens": new_tokens, "do_sample": True, "top_k": 0, "top_p": 1.0}
+    sampled = torch.cat(trainer.generate(qs, return_prompt=False, **kwargs))
+    target = torch.bincount(sampled).argsort(descending=True)[target_rank].item()
+    mean_scores, stats = [], None
+    for _ in range(steps):
+        responses = trainer.generate(qs, return_prompt=False, **kwargs)
+        scores = [(r == target).float().mean() for r in responses]
+        stats = trainer.step(qs, responses, scores)
+        mean_scores.append(stats["ppo/mean_scores"])
+    return target, mean_scores, stats

@@ -6,7 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from ppo_helpers import load_policy, make_trainer, queries, rollout
+from ppo_helpers import (
+    load_policy,
+    make_trainer,
+    one_cpu_thread,  # noqa: F401  (autouse fixture: single-threaded module)
+    queries,
+    rollout,
+)
 
 from rlhf_trainer import PPOConfig, PPOTrainer
 from rlhf_trainer.core import masked_var

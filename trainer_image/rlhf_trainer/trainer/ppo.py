@@ -28,6 +28,7 @@ from rlhf_trainer.core import (
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
+    flatten_dict,
     gae,
     kl_per_token,
     logprobs_from_logits,
@@ -93,6 +94,7 @@ class PPOTrainer:
         _disable_dropout(model)
         if ref_model is not None:
             _disable_dropout(ref_model)
+        self.model = model  # wrapped by accelerate below
         self.tokenizer = tokenizer
         self.data_collator = data_collator or collate_as_lists
         self.dataset = dataset
@@ -111,8 +113,11 @@ class PPOTrainer:
         self.generation_temperature = 1.0  # set by generate(temperature=...); step() scores with the same
         self.current_step = 0
         if config.log_with is not None:
+            # trackers take flat scalar hyperparameters (tensorboard refuses None and dicts)
+            hyperparameters = {key: value if isinstance(value, int | float | str | bool) else str(value)
+                               for key, value in flatten_dict(config.to_dict()).items()}
             self.accelerator.init_trackers(
-                config.tracker_project_name, config=config.to_dict(), init_kwargs=config.tracker_kwargs)
+                config.tracker_project_name, config=hyperparameters, init_kwargs=config.tracker_kwargs)
 
     # ------------------------------------------------------------------ step
     def step(self, queries: list[torch.Tensor], responses: list[torch.Tensor], scores: list[torch.Tensor],
@@ -201,9 +206,6 @@ class PPOTrainer:
         """Left-pad queries, right-pad responses; decoder-only models see them as one sequence."""
         device = self.accelerator.device
         pad = self._pad_token_id
-        if self.is_encoder_decoder:  # generate() output starts with the decoder start token: not a response token
-            start_id = self._decoder_start_token_id
-            responses = [r[1:] if len(r) > 1 and r[0] == start_id else r for r in responses]
         query_lengths = torch.tensor([len(q) for q in queries], device=device)
         response_lengths = torch.tensor([len(r) for r in responses], device=device)
         query_ids = pad_sequence([q.to(device) for q in queries], batch_first=True, padding_value=pad,
