@@ -43,9 +43,11 @@ def prepare(directory: Path) -> tuple[Path, Path]:
     return model_dir, prompts_file
 
 
-def worker(library: str, model_dir: str, prompts_file: str, generate_batch_size: int | None) -> dict:
+def worker(library: str, model_dir: str, prompts_file: str, generate_batch_size: int | None, threads: int) -> dict:
     """Run the loop with ``library`` ("ours" or "trl") and return timings and peak RSS."""
     import torch
+
+    torch.set_num_threads(threads)
 
     if library == "trl":
         from trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer, create_reference_model
@@ -91,12 +93,14 @@ def worker(library: str, model_dir: str, prompts_file: str, generate_batch_size:
     }
 
 
-def run_worker(python: str, library: str, model_dir: Path, prompts: Path, generate_batch_size: int | None) -> dict:
-    command = [python, __file__, "--worker", library, "--model", str(model_dir), "--prompts", str(prompts)]
+def run_worker(python: str, library: str, model_dir: Path, prompts: Path, generate_batch_size: int | None,
+               threads: int) -> dict:
+    command = [python, __file__, "--worker", library, "--model", str(model_dir), "--prompts", str(prompts),
+               "--threads", str(threads)]
     if generate_batch_size is not None:
         command += ["--generate-batch-size", str(generate_batch_size)]
     env = dict(os.environ, PYTHONPATH=str(HERE.parent / "trainer_image"), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS=str(threads))
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{library} worker failed:\n{result.stderr[-4000:]}")
@@ -109,10 +113,13 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--prompts")
     parser.add_argument("--generate-batch-size", type=int)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per run (default 1: tiny models gain nothing from more, and on a "
+                             "shared machine OpenMP's waiting threads make timings erratic)")
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.model, args.prompts, args.generate_batch_size)))
+        print(json.dumps(worker(args.worker, args.model, args.prompts, args.generate_batch_size, args.threads)))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,11 +132,11 @@ def main() -> None:
                      ("TRL 0.11.4, generate batch 32", str(TRL_PYTHON), "trl", BATCH)]
         elif not args.no_trl:
             print(f"(no {TRL_PYTHON}: TRL comparison skipped; see this file's docstring)")
-        results = [(name, run_worker(python, library, model_dir, prompts, gbs))
+        results = [(name, run_worker(python, library, model_dir, prompts, gbs, args.threads))
                    for name, python, library, gbs in runs]
 
     print(f"\nPPO seed loop, CPU: tiny GPT-2, batch {BATCH}, mini batch {MINI_BATCH}, {NEW_TOKENS} new tokens, "
-          f"{STEPS} steps (after {WARMUP} warm-up)\n")
+          f"{STEPS} steps (after {WARMUP} warm-up), {args.threads} torch thread(s)\n")
     header = f"{'run':32} {'episodes/s':>10} {'generation s':>12} {'forward s':>9} {'optimise s':>10} " \
              f"{'total s':>8} {'peak RSS MiB':>12} {'ours is':>8}"
     print(header)

@@ -6,6 +6,7 @@ window: ``[batch, R]`` with ``R`` the longest response, value ``t`` paired with 
 
 from __future__ import annotations
 
+import gc
 import inspect
 import math
 import time
@@ -100,8 +101,9 @@ class PPOTrainer:
         self.dataset = dataset
         dataloader = self.prepare_dataloader(dataset, self.data_collator) if dataset is not None else None
         if optimizer is None:
-            optimizer = torch.optim.Adam(
-                [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+            # Adam; fused (one kernel for all parameters) where torch has it, the same update with less overhead
+            optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
+                                         fused=self.accelerator.device.type in ("cpu", "cuda") or None)
         self.kl_ctl = (AdaptiveKLController(config.init_kl_coef, config.target, config.horizon)
                        if config.adap_kl_ctrl else FixedKLController(config.init_kl_coef))
         self.running = RunningMoments()
@@ -124,8 +126,10 @@ class PPOTrainer:
              response_masks: list[torch.Tensor] | None = None) -> dict:
         """One PPO step on a batch of episodes; returns the statistics of ppo.md.
 
-        ``queries``/``responses`` are 1-D token tensors (responses without the prompt), ``scores`` one 0-d tensor
-        each. ``response_masks`` (1 = train on this response token) may exclude tokens, e.g. tool outputs.
+        ``queries``/``responses`` are 1-D token tensors (responses without the prompt, and for encoder-decoders
+        without the decoder start token, as ``generate`` returns them), ``scores`` one 0-d tensor each.
+        ``response_masks`` (1 = train on this response token) may exclude tokens, e.g. tool outputs. Log-probs
+        are taken at ``self.generation_temperature``, which ``generate(temperature=...)`` sets.
         """
         timing, start = {}, time.perf_counter()
         scores = self._check_inputs(queries, responses, scores, response_masks)                 # 1
@@ -133,6 +137,7 @@ class PPOTrainer:
         batch = self._prepare_model_inputs(queries, responses, response_masks)                  # 3
         with _timer(timing, "time/ppo/forward_pass"):
             rollout = self._rollout(batch)                                                      # 4
+        self._free_device_cache()
         with _timer(timing, "time/ppo/compute_rewards"):
             kl_coef = self.kl_ctl.value
             rewards, non_score_rewards = self._compute_rewards(scores, rollout.kl, batch.mask)  # 5
@@ -141,6 +146,7 @@ class PPOTrainer:
         with _timer(timing, "time/ppo/optimize_step"):
             learning_rate = self.optimizer.param_groups[0]["lr"]
             train_stats = self._optimize(batch, rollout, advantages, returns)                   # 7-9
+        self._free_device_cache()
         with _timer(timing, "time/ppo/calc_stats"):
             stats = self._record_step_stats(                                                    # 10
                 batch, rollout, scores, non_score_rewards, advantages, returns, train_stats, kl_coef, learning_rate)
@@ -524,6 +530,12 @@ class PPOTrainer:
         config = self._base_model.config
         start = getattr(config, "decoder_start_token_id", None)
         return start if start is not None else self._pad_token_id
+
+    def _free_device_cache(self) -> None:
+        """With optimize_device_cache, hand cached accelerator memory back between the phases of a step."""
+        if self.config.optimize_device_cache and torch.cuda.is_available():
+            gc.collect()
+            torch.cuda.empty_cache()
 
     def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """All processes' values of a 1-D tensor, concatenated (lengths may differ between processes)."""
