@@ -335,3 +335,12 @@ def test_shared_layers_through_the_trainer(tiny_model, tiny_tokenizer):
     stats = trainer.step(qs, rs, scores_of(2))
     assert math.isfinite(stats["ppo/loss/total"])
 
+
+
+def test_generation_config_temperature_is_remembered_too(tiny_model, tiny_tokenizer):
+    trainer = make_trainer(tiny_model("tiny-gpt2"), tiny_tokenizer, batch_size=2, mini_batch_size=2)
+    trainer.model.pretrained_model.generation_config.temperature = 0.7
+    trainer.generate(queries(tiny_tokenizer, 2), max_new_tokens=2, do_sample=True, top_k=0)
+    assert trainer.generation_temperature == 0.7
+    trainer.generate(queries(tiny_tokenizer, 2), max_new_tokens=2, do_sample=True, top_k=0, temperature=1.0)
+    assert trainer.generation_temperature == 1.0

@@ -437,7 +437,9 @@ class PPOTrainer:
             raise ValueError("generate() needs at least one query")
         model = self.accelerator.unwrap_model(self.model)
         model.eval()
-        self.generation_temperature = float(generation_kwargs.get("temperature") or 1.0)
+        # the temperature sampling uses: the call's, else the model's generation_config default
+        temperature = generation_kwargs.get("temperature", getattr(self._base_model.generation_config, "temperature", None))
+        self.generation_temperature = float(temperature or 1.0)
         generation_kwargs.setdefault("pad_token_id", self._pad_token_id)
         responses = []
         for start in range(0, len(queries), batch_size or len(queries)):
