@@ -107,6 +107,10 @@ def run_worker(python: str, library: str, model_dir: Path, prompts: Path, genera
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _median_run(results: list[dict]) -> dict:
+    return sorted(results, key=lambda r: r["episodes_per_s"])[len(results) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", choices=["ours", "trl"])
@@ -116,6 +120,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per run (default 1: tiny models gain nothing from more, and on a "
                              "shared machine OpenMP's waiting threads make timings erratic)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of all runs; the median is reported")
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
     args = parser.parse_args()
     if args.worker:
@@ -132,11 +137,15 @@ def main() -> None:
                      ("TRL 0.11.4, generate batch 32", str(TRL_PYTHON), "trl", BATCH)]
         elif not args.no_trl:
             print(f"(no {TRL_PYTHON}: TRL comparison skipped; see this file's docstring)")
-        results = [(name, run_worker(python, library, model_dir, prompts, gbs, args.threads))
-                   for name, python, library, gbs in runs]
+        # Rounds alternate the runs so that a busy spell on a shared machine hits all of them; each run's
+        # median round is reported.
+        rounds = [[run_worker(python, library, model_dir, prompts, gbs, args.threads)
+                   for _, python, library, gbs in runs] for _ in range(args.repeats)]
+        results = [(name, _median_run([r[i] for r in rounds])) for i, (name, *_) in enumerate(runs)]
 
     print(f"\nPPO seed loop, CPU: tiny GPT-2, batch {BATCH}, mini batch {MINI_BATCH}, {NEW_TOKENS} new tokens, "
-          f"{STEPS} steps (after {WARMUP} warm-up), {args.threads} torch thread(s)\n")
+          f"{STEPS} steps (after {WARMUP} warm-up), {args.threads} torch thread(s), median of {args.repeats} "
+          "rounds\n")
     header = f"{'run':32} {'episodes/s':>10} {'generation s':>12} {'forward s':>9} {'optimise s':>10} " \
              f"{'total s':>8} {'peak RSS MiB':>12} {'ours is':>8}"
     print(header)

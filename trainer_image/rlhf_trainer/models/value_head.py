@@ -103,8 +103,8 @@ class PreTrainedModelWrapper(nn.Module):
     def _base_forward(self, input_ids, past_key_values, attention_mask, kwargs):
         if past_key_values is not None:
             kwargs["past_key_values"] = past_key_values
-        return self.pretrained_model(
-            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
+        kwargs["output_hidden_states"] = True  # the value head reads the last hidden state
+        return self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     def _value_head_output(self, base_output, last_hidden_state, return_past_key_values):
         values = self.v_head(last_hidden_state)
