@@ -212,13 +212,8 @@ class PPOTrainer:
         """Left-pad queries, right-pad responses; decoder-only models see them as one sequence."""
         device = self.accelerator.device
         pad = self._pad_token_id
-        query_lengths = torch.tensor([len(q) for q in queries], device=device)
-        response_lengths = torch.tensor([len(r) for r in responses], device=device)
-        query_ids = pad_sequence([q.to(device) for q in queries], batch_first=True, padding_value=pad,
-                                 padding_side="left")
-        labels = pad_sequence([r.to(device) for r in responses], batch_first=True, padding_value=pad)
-        query_mask = torch.arange(query_ids.shape[1], device=device) >= (query_ids.shape[1] - query_lengths)[:, None]
-        response_mask = torch.arange(labels.shape[1], device=device) < response_lengths[:, None]
+        query_ids, query_mask = _pad([q.to(device) for q in queries], pad, "left")
+        labels, response_mask = _pad([r.to(device) for r in responses], pad, "right")
         mask = response_mask.float()
         if response_masks is not None:
             mask = mask * pad_sequence([m.to(device).float() for m in response_masks], batch_first=True)
@@ -239,7 +234,7 @@ class PPOTrainer:
                 # Positions as generation saw them under left padding.
                 "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),
             }
-        return PPOBatch(inputs, labels, mask, query_lengths, response_lengths)
+        return PPOBatch(inputs, labels, mask, query_mask.sum(1), response_mask.sum(1))
 
     # 4
     @torch.no_grad()
@@ -441,16 +436,13 @@ class PPOTrainer:
         temperature = generation_kwargs.get("temperature", getattr(self._base_model.generation_config, "temperature", None))
         self.generation_temperature = float(temperature or 1.0)
         generation_kwargs.setdefault("pad_token_id", self._pad_token_id)
-        responses = []
-        for start in range(0, len(queries), batch_size or len(queries)):
-            chunk = [q.to(self.accelerator.device) for q in queries[start:start + (batch_size or len(queries))]]
+        responses, batch_size = [], batch_size or len(queries)
+        for start in range(0, len(queries), batch_size):
+            chunk = [q.to(self.accelerator.device) for q in queries[start:start + batch_size]]
             if length_sampler is not None:
                 generation_kwargs["max_new_tokens"] = length_sampler()
-            lengths = torch.tensor([len(q) for q in chunk], device=self.accelerator.device)
-            input_ids = pad_sequence(chunk, batch_first=True, padding_value=self._pad_token_id, padding_side="left")
-            attention_mask = (torch.arange(input_ids.shape[1], device=input_ids.device)
-                              >= (input_ids.shape[1] - lengths)[:, None]).long()
-            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
+            input_ids, attention_mask = _pad(chunk, self._pad_token_id, "left")
+            output = model.generate(input_ids=input_ids, attention_mask=attention_mask.long(), **generation_kwargs)
             generated = output[:, 1:] if self.is_encoder_decoder else output[:, input_ids.shape[1]:]
             keep = self._response_lengths(generated) if remove_padding else [generated.shape[1]] * len(chunk)
             for query, tokens, length in zip(chunk, generated, keep, strict=True):
@@ -558,6 +550,14 @@ class PPOTrainer:
 def collate_as_lists(rows: list[dict]) -> dict[str, list]:
     """Rows to a dict of lists (tensors of different lengths stay separate)."""
     return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def _pad(sequences: list[torch.Tensor], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad 1-D tensors into [B, T] on ``side``; returns the ids and a bool mask of the real tokens."""
+    ids = pad_sequence(sequences, batch_first=True, padding_value=pad_id, padding_side=side)
+    lengths = torch.tensor([len(s) for s in sequences], device=ids.device)[:, None]
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    return ids, positions >= ids.shape[1] - lengths if side == "left" else positions < lengths
 
 
 def _disable_dropout(model: nn.Module) -> None:
