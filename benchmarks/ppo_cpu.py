@@ -8,7 +8,7 @@ Each library runs in its own process (peak RSS per process); TRL runs from its o
 
     python3 -m venv benchmarks/.venv-trl
     benchmarks/.venv-trl/bin/pip install torch==2.13.0 trl==0.11.4 transformers==4.46.3 accelerate==1.1.1 \
-        "datasets<3.2" "numpy<2.3"
+        "datasets<3.2" "numpy<2.3" rich
 """
 
 from __future__ import annotations
