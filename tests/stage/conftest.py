@@ -45,9 +45,7 @@ def plan_stages(tmp_path):
 
 
 def stage_env() -> dict:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer_image")]),
-           "OMP_NUM_THREADS": "1"}
-    return env
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer_image")])}
 
 
 def run_stage(config_file: Path, **kwargs) -> subprocess.CompletedProcess:

@@ -2,7 +2,6 @@
 
 import warnings
 
-import pytest
 import torch
 
 from rlhf_trainer import (
@@ -13,16 +12,6 @@ from rlhf_trainer import (
 )
 
 PROMPTS = ["the movie was", "I think", "a film about", "this is"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's waiting threads
-    make them tens of times slower: run these modules single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def load_policy(path, seq2seq=False, **kwargs):

@@ -1,13 +1,11 @@
-"""PPOTrainer around the step: generate, the dataloader, log_stats."""
+"""PPOTrainer around the step: generate, the dataloader, log_stats, checkpoints."""
 
 import pytest
 import torch
 from datasets import Dataset
-from ppo_helpers import (
-    make_trainer,
-    one_cpu_thread,  # noqa: F401  (autouse fixture: single-threaded module)
-    queries,
-)
+from peft import LoraConfig
+from ppo_helpers import make_trainer, queries, rollout
+from safetensors.torch import load_file
 
 from rlhf_trainer import PPOConfig, PPOTrainer
 from rlhf_trainer.core import LengthSampler, set_seed
@@ -108,3 +106,32 @@ def test_log_stats_writes_to_tensorboard(tiny_model, tiny_tokenizer, tmp_path):
     trainer.log_stats({"objective/kl": 0.5}, {}, torch.tensor([1.0, 2.0]))
     trainer.accelerator.end_training()
     assert list(tmp_path.rglob("events.out.tfevents*"))
+
+
+@pytest.mark.parametrize("peft", [False, True], ids=["full", "lora"])
+def test_resuming_from_a_checkpoint_continues_exactly(tiny_model, tiny_tokenizer, tmp_path, peft):
+    """Stop after two steps, restore into a fresh trainer: the third step equals the uninterrupted run's."""
+    path = tiny_model("tiny-gpt2")
+    model_kwargs = {"peft_config": LoraConfig(task_type="CAUSAL_LM", r=4)} if peft else {}
+    settings = {"learning_rate": 1e-3, "use_score_scaling": True}
+
+    def make():
+        return make_trainer(path, tiny_tokenizer, model_kwargs=model_kwargs, **settings)
+
+    first = make()
+    batches = [rollout(first, tiny_tokenizer, 4) for _ in range(3)]
+    scores = [[torch.tensor(float(i)) for i in range(4)]] * 3
+    for qs, rs in batches[:2]:
+        first.step(qs, rs, scores[0])
+    first.save_checkpoint(tmp_path / "checkpoint")
+    if peft:  # only adapters and value head are saved for a PEFT policy
+        saved = load_file(tmp_path / "checkpoint" / "trainable.safetensors")
+        assert saved and all("lora_" in name or name.startswith("v_head.") for name in saved)
+    uninterrupted = first.step(*batches[2], scores[2])
+
+    resumed = make()
+    resumed.load_checkpoint(tmp_path / "checkpoint")
+    assert resumed.kl_ctl.value == pytest.approx(first.kl_ctl.value, rel=1e-3) and resumed.current_step == 2
+    again = resumed.step(*batches[2], scores[2])
+    for key in ("ppo/loss/policy", "ppo/loss/value", "objective/kl", "ppo/mean_scores", "objective/kl_coef"):
+        assert again[key] == pytest.approx(uninterrupted[key], rel=1e-4, abs=1e-6), key

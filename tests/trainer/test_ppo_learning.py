@@ -8,7 +8,6 @@ from peft import LoraConfig
 from ppo_helpers import (
     load_policy,
     make_trainer,
-    one_cpu_thread,  # noqa: F401  (autouse fixture: single-threaded module)
     train_toy,
 )
 

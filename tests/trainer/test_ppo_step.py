@@ -9,7 +9,6 @@ import torch
 from ppo_helpers import (
     load_policy,
     make_trainer,
-    one_cpu_thread,  # noqa: F401  (autouse fixture: single-threaded module)
     queries,
     rollout,
 )

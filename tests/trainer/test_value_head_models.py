@@ -5,7 +5,6 @@ import warnings
 import pytest
 import torch
 from peft import LoraConfig
-from ppo_helpers import one_cpu_thread  # noqa: F401  (autouse fixture: single-threaded module)
 from safetensors import safe_open
 
 from rlhf_trainer import (

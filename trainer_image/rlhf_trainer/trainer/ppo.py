@@ -9,15 +9,18 @@ from __future__ import annotations
 import gc
 import inspect
 import math
+import random
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
@@ -40,6 +43,8 @@ from rlhf_trainer.core import (
 )
 from rlhf_trainer.models import PreTrainedModelWrapper, create_reference_model
 from rlhf_trainer.trainer.ppo_config import PPOConfig
+
+CHECKPOINT_WEIGHTS, CHECKPOINT_STATE = "trainable.safetensors", "trainer_state.pt"
 
 
 @dataclass
@@ -497,6 +502,49 @@ class PPOTrainer:
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(save_directory)
 
+    def save_checkpoint(self, directory) -> None:
+        """Everything a resumed run needs, into ``directory``: the trainable weights (adapters and value head
+        only, for a PEFT policy), optimizer, LR schedule, KL coefficient, score statistics and each process's RNG."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            trainable = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+            save_file(trainable, directory / CHECKPOINT_WEIGHTS)
+            torch.save({
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+                "kl_coef": self.kl_ctl.value,
+                "running_moments": vars(self.running),
+                "current_step": self.current_step,
+                "generation_temperature": self.generation_temperature,
+            }, directory / CHECKPOINT_STATE)
+        torch.save(_rng_state(), directory / f"rng_state_{self.accelerator.process_index}.pt")
+        self.accelerator.wait_for_everyone()
+
+    def load_checkpoint(self, directory) -> None:
+        """Restore what ``save_checkpoint`` saved, so that training continues as if it had not stopped."""
+        directory = Path(directory)
+        model = self.accelerator.unwrap_model(self.model)
+        trainable = load_file(directory / CHECKPOINT_WEIGHTS)
+        expected = {name for name, p in model.named_parameters() if p.requires_grad}
+        if set(trainable) != expected:
+            raise ValueError(f"{directory} does not fit this model: it holds {len(trainable)} trainable tensors, "
+                             f"the model has {len(expected)} (different model or PEFT settings?)")
+        model.load_state_dict(trainable, strict=False)
+        state = torch.load(directory / CHECKPOINT_STATE, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None and state["lr_scheduler"] is not None:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.kl_ctl.value = state["kl_coef"]
+        vars(self.running).update(state["running_moments"])
+        self.current_step = state["current_step"]
+        self.generation_temperature = state["generation_temperature"]
+        rng = directory / f"rng_state_{self.accelerator.process_index}.pt"
+        if rng.is_file():
+            _set_rng_state(torch.load(rng, weights_only=False))
+
     # ------------------------------------------------------------------ small helpers
     @property
     def _base_model(self) -> nn.Module:
@@ -545,6 +593,21 @@ class PPOTrainer:
         if self.accelerator.num_processes > 1:
             values = self.accelerator.reduce(values, "mean")
         return dict(zip(scalars, values.tolist(), strict=True))
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def collate_as_lists(rows: list[dict]) -> dict[str, list]:
