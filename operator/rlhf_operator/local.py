@@ -21,9 +21,9 @@ from typing import TextIO
 
 import yaml
 
-from rlhf_operator.api import Condition, PPOStatus, RLHFJobStatus, StageStatus, StageStatuses
 from rlhf_operator.cli import WORKSPACES, load_plan
 from rlhf_operator.plan import Plan, PlannedStage
+from rlhf_operator.status import JobState, StageRun, apply_patch, next_status, progress_patch, timestamp
 from rlhf_trainer.stage.workspace import StageDir, read_metrics
 
 POLL_SECONDS = 0.5
@@ -116,7 +116,7 @@ class Progress:
     def update(self, records: list[dict]) -> None:
         if len(records) == self.seen:
             return
-        new, self.seen = records[self.seen:], len(records)
+        new, self.seen = [r for r in records[self.seen:] if "result" not in r], len(records)
         for record in new if not self.tty else new[-1:]:
             self.line = self.render(record)
             self.out.write(f"\r{self.line}\033[K" if self.tty else f"    {self.line}\n")
@@ -146,49 +146,34 @@ def tail(path: Path, lines: int) -> list[str]:
         return []
 
 
-def status_yaml(status: RLHFJobStatus) -> str:
-    return yaml.safe_dump(status.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False)
+def status_yaml(status: dict) -> str:
+    return yaml.safe_dump(status, sort_keys=False)
 
 
-def job_status(plan: Plan, codes: dict[str, int]) -> RLHFJobStatus:
-    """The status the RLHFJob would hold, from the stages' results and metrics (``codes``: exit codes of the
-    stages run or skipped, in order; the last one decides the phase)."""
-    stages, ppo = {}, None
+def job_status(plan: Plan, codes: dict[str, int]) -> dict:
+    """The status the RLHFJob would hold, computed as the operator computes it: the stages' progress records
+    patched in, then each stage's outcome (``codes``: exit codes of the stages run or skipped) as its Job's."""
+    status: dict = {}
+    runs = []
     for stage in plan.stages:
-        if stage.name not in codes:
-            break
         stage_dir = StageDir(Path(stage.config.output_dir))
         records = read_metrics(stage_dir.metrics)
-        result = stage_dir.read_result()
-        if result is not None:
-            stages[stage.name] = StageStatus(
-                phase=result["phase"], start_time=result["startTime"], completion_time=result["completionTime"],
-                output=result["output"], metrics=result.get("metrics"), reason=result["reason"])
-        else:
-            stopped = codes[stage.name] == 143
-            stages[stage.name] = StageStatus(
-                phase="Suspended" if stopped else "Failed", output=str(stage_dir.root),
-                metrics=records[-1]["metrics"] if records else None,
-                reason="Stopped" if stopped else f"ExitCode{codes[stage.name]}")
-        if stage.config.kind == "ppo" and records:
-            ppo = ppo_status(records[-1])
-    last = list(stages)[-1]
-    done = len(stages) == len(plan.stages) and stages[last].phase == "Succeeded"
-    phase = "Succeeded" if done else stages[last].phase if stages[last].phase != "Succeeded" else "Running"
-    condition = Condition(type=phase, status="True", reason=stages[last].reason,
-                          message=f"stage {last}: {stages[last].reason}", last_transition_time=now())
-    return RLHFJobStatus(phase=phase, stage=last, stages=StageStatuses(**stages), ppo=ppo, conditions=[condition])
+        for record in records:
+            status = apply_patch(status, progress_patch(record, record.get("time")))
+        started = records[0]["time"] if records else None
+        runs.append(StageRun(stage.name, stage.object_name, str(stage_dir.root),
+                             local_job_state(stage_dir, codes.get(stage.name)), started))
+    return next_status(status, runs, generation=None, now=timestamp(datetime.now(UTC)))
 
 
-def ppo_status(record: dict) -> PPOStatus:
-    metrics = record.get("metrics", {})
-    return PPOStatus(
-        step=record.get("step"), total_steps=record.get("totalSteps"),
-        mean_reward=metrics.get("env/reward_mean", metrics.get("ppo/mean_scores")),
-        kl=metrics.get("objective/kl"), kl_coef=metrics.get("objective/kl_coef"),
-        policy_loss=metrics.get("ppo/loss/policy"), value_loss=metrics.get("ppo/loss/value"),
-        entropy=metrics.get("objective/entropy"), updated_at=record.get("time"))
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
+def local_job_state(stage_dir: StageDir, code: int | None) -> JobState | None:
+    """What the stage's Job would say, from its result.json or the exit code of its process."""
+    if (result := stage_dir.read_result()) is not None:
+        return JobState(result["phase"], result["reason"], result.get("message"),
+                        completion_time=result["completionTime"])
+    if code is None:
+        return None
+    if code == 143:
+        return JobState("Suspended", "Stopped", "stopped (Ctrl-C); run the same command again to continue")
+    last = tail(stage_dir.root / "stage.log", 1)
+    return JobState("Failed", "Error", f"exit code {code}: {last[0] if last else ''}".strip())

@@ -441,3 +441,16 @@ def merge_patch(old: Any, new: Any) -> Any:
             patch[key] = merge_patch(old[key], value) if isinstance(value, dict) and isinstance(old[key], dict) \
                 else value
     return patch
+
+
+def apply_patch(doc: Any, patch: Any) -> Any:
+    """``doc`` with the JSON merge patch (RFC 7386) ``patch`` applied, as the API server applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(doc) if isinstance(doc, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = apply_patch(result.get(key), value)
+    return result

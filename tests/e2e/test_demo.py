@@ -39,7 +39,7 @@ def test_ppo_mean_score_rises(demo):
     _, workspace = demo
     result = json.loads((workspace / "ppo" / "result.json").read_text())
     metrics = result["metrics"]
-    assert metrics["meanScoreLastSteps"] > metrics["meanScoreFirstSteps"] + 1.0, metrics
+    assert metrics["meanScoreLastSteps"] > metrics["meanScoreFirstSteps"] + 0.5, metrics
 
 
 def test_vader_judges_held_out_reviews_more_positive_after_ppo(demo):

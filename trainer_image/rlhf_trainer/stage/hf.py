@@ -118,7 +118,7 @@ def train(trainer, ctx: StageContext, evaluate: bool) -> dict:
     state = trainer.state
     metrics = {"train_loss": output.training_loss}
     if evaluate:
-        metrics.update(trainer.evaluate())
+        metrics.update({k: v for k, v in trainer.evaluate().items() if not k.endswith(("_runtime", "_per_second"))})
     save_model(trainer, ctx, ctx.config.peft)
     return {"steps": state.global_step, "totalSteps": state.max_steps, "metrics": metrics}
 

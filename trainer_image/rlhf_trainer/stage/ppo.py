@@ -24,6 +24,7 @@ from rlhf_trainer.trainer.ppo import PPOTrainer
 RUNNER_STATE = "runner_state.json"
 SUMMARY_STEPS = 5  # the result compares the mean score of the first and the last this many steps
 EVALUATION_SEED = 1234
+EVALUATION_SAMPLES = 8  # responses per held-out prompt: enough for a stable mean
 
 
 @dataclass
@@ -145,6 +146,7 @@ def evaluate(trainer: PPOTrainer, queries: list[torch.Tensor], scorer, config: P
              generation: dict) -> dict:
     """Mean reward (and judge score) of the policy's responses to held-out prompts, sampled with a fixed seed."""
     tokenizer = trainer.tokenizer
+    queries = [query for query in queries for _ in range(EVALUATION_SAMPLES)]
     kwargs = {**generation, "max_new_tokens": config.generation.max_new_tokens}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(EVALUATION_SEED)
@@ -152,7 +154,7 @@ def evaluate(trainer: PPOTrainer, queries: list[torch.Tensor], scorer, config: P
     query_text = tokenizer.batch_decode(queries, skip_special_tokens=True)
     response_text = tokenizer.batch_decode(responses, skip_special_tokens=True)
     result = {"reward": statistics.fmean(scorer(query_text, response_text)),
-              "samples": [q + r for q, r in zip(query_text[:3], response_text[:3], strict=True)]}
+              "samples": [q + r for q, r in zip(query_text, response_text, strict=True)][::EVALUATION_SAMPLES]}
     if config.evaluation.judge == "vader":
         result["vader"] = statistics.fmean(vader_compound([q + r for q, r in zip(query_text, response_text,
                                                                                  strict=True)]))
