@@ -48,31 +48,54 @@ def run(args: argparse.Namespace) -> int:
     job, plan = load_plan(args.file, args.workspace)
     out = sys.stdout
     out.write(f"{plan.job_name}: {' -> '.join(s.name for s in plan.stages)}  (workspace {plan.workspace})\n")
+    files = {stage.name: write_config(stage, plan) for stage in plan.stages}
+    pending = [stage for stage in plan.stages if StageDir(Path(stage.config.output_dir)).read_result() is None]
+    if pending and (problem := check_inputs([files[stage.name] for stage in pending], Path(plan.workspace))):
+        out.write(f"rlhf: {problem}\nnothing was run\n")
+        return 4
     codes: dict[str, int] = {}
     for number, stage in enumerate(plan.stages, 1):
-        codes[stage.name] = run_stage(stage, plan, f"[{number}/{len(plan.stages)}]", out)
+        codes[stage.name] = run_stage(stage, files[stage.name], f"[{number}/{len(plan.stages)}]", out)
         if codes[stage.name] != 0:
             break
     out.write("\nstatus:\n" + status_yaml(job_status(plan, codes)))
     return codes[stage.name]
 
 
-def run_stage(stage: PlannedStage, plan: Plan, label: str, out: TextIO) -> int:
+def write_config(stage: PlannedStage, plan: Plan) -> Path:
+    path = Path(plan.workspace) / ".rlhf" / f"{stage.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(stage.config.to_json())
+    return path
+
+
+def check_inputs(config_files: list[Path], workspace: Path) -> str | None:
+    """Check the stages' models and datasets before running any; the problem, or None."""
+    message = workspace / ".rlhf" / "check.log"
+    message.unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, "-m", "rlhf_trainer.stage", "--check", *map(str, config_files)],
+                          env={**os.environ, "RLHF_TERMINATION_LOG": str(message)}, capture_output=True, text=True)
+    if done.returncode == 0:
+        return None
+    return message.read_text() if message.is_file() else done.stderr.strip().splitlines()[-1]
+
+
+def run_stage(stage: PlannedStage, config_file: Path, label: str, out: TextIO) -> int:
     """Run one stage to its end (or skip it when finished); the stage process's exit code."""
     stage_dir = StageDir(Path(stage.config.output_dir))
     if (result := stage_dir.read_result()) is not None:
         out.write(f"{label} {stage.name}: already finished ({result.get('reason')}), not run again\n")
         return 0 if result.get("phase") == "Succeeded" else 3
-    config_file = Path(plan.workspace) / ".rlhf" / f"{stage.name}.json"
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(stage.config.to_json())
     stage_dir.root.mkdir(parents=True, exist_ok=True)
+    termination_log = stage_dir.root / "termination.log"
+    termination_log.unlink(missing_ok=True)
     resumed = stage_dir.latest_checkpoint()
     out.write(f"{label} {stage.name}: {'resuming from ' + resumed.name if resumed else 'starting'} "
               f"(log: {stage_dir.root / 'stage.log'})\n")
     with open(stage_dir.root / "stage.log", "a") as log:
         # Its own session: a terminal's Ctrl-C reaches only us, and we ask the stage to stop cleanly.
         process = subprocess.Popen([sys.executable, "-m", "rlhf_trainer.stage", str(config_file)],
+                                   env={**os.environ, "RLHF_TERMINATION_LOG": str(termination_log)},
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         progress = Progress(stage.name, stage.config.kind, out)
         try:
@@ -89,6 +112,8 @@ def run_stage(stage: PlannedStage, plan: Plan, label: str, out: TextIO) -> int:
         out.write(f"{label} {stage.name}: done\n")
     elif code == 143:
         out.write(f"{label} {stage.name}: stopped; run the same command again to continue from its checkpoint\n")
+    elif termination_log.is_file():  # the stage said what is wrong
+        out.write(f"{label} {stage.name}: failed: {termination_log.read_text()}\n")
     else:
         out.write(f"{label} {stage.name}: failed (exit code {code}); the end of its log:\n")
         out.write("".join(f"    {line}\n" for line in tail(stage_dir.root / "stage.log", 15)))

@@ -30,9 +30,11 @@ SFT = {
 @pytest.fixture
 def plan_stages(tmp_path):
     """``plan_stages(spec) -> {stage name: config file}`` for a spec planned on a fresh workspace."""
+    plans = []
 
     def plan(spec: dict) -> dict[str, Path]:
-        workspace = tmp_path / "workspace"
+        plans.append(spec)
+        workspace = tmp_path / f"workspace-{len(plans)}"
         planned = make_plan(RLHFJobSpec.model_validate(spec), "test-job", str(workspace))
         files = {}
         for stage in planned.stages:
@@ -44,12 +46,13 @@ def plan_stages(tmp_path):
     return plan
 
 
-def stage_env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer_image")])}
+def stage_env(**extra) -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer_image")]),
+            **extra}
 
 
-def run_stage(config_file: Path, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlhf_trainer.stage", str(config_file)], env=stage_env(),
+def run_stage(config_file: Path, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlhf_trainer.stage", str(config_file)], env=env or stage_env(),
                           capture_output=True, text=True, **kwargs)
 
 

@@ -1,7 +1,10 @@
 """``python -m rlhf_trainer.stage CONFIG``: run one stage from its stage config (the trainer image's entrypoint).
+``python -m rlhf_trainer.stage --check CONFIG...``: check the inputs of a job's stages, in order, training nothing.
 
 Exit codes (docs/operator-runtime.md): 0 done, 3 a guardrail failed the stage, 4 invalid config or data,
-143 stopped by a signal after checkpointing, anything else an error worth retrying.
+143 stopped by a signal after checkpointing, anything else an error worth retrying. The message of a failure
+goes to the log and to the termination log Kubernetes shows in the pod's status (``RLHF_TERMINATION_LOG``
+overrides its path, as ``rlhf run`` does).
 """
 
 from __future__ import annotations
@@ -27,18 +30,26 @@ from rlhf_trainer.stage.workspace import StageDir
 
 log = logging.getLogger("rlhf_trainer.stage")
 TERMINATION_LOG = "/dev/termination-log"  # Kubernetes shows it in the pod's status
+USAGE = "usage: python -m rlhf_trainer.stage STAGE_CONFIG.json | --check STAGE_CONFIG.json..."
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if len(argv) != 1:
-        print("usage: python -m rlhf_trainer.stage STAGE_CONFIG.json", file=sys.stderr)
+    check = argv[:1] == ["--check"]
+    paths = argv[1:] if check else argv
+    if not paths or (len(paths) > 1 and not check):
+        print(USAGE, file=sys.stderr)
         return 2
-    try:
-        config = load_stage_config(argv[0])
-    except (OSError, ValidationError) as exc:
-        return fail(EXIT_INVALID_INPUT, f"cannot use stage config {argv[0]}: {exc}")
+    configs = []
+    for path in paths:
+        try:
+            configs.append(load_stage_config(path))
+        except (OSError, ValidationError) as exc:
+            return fail(EXIT_INVALID_INPUT, f"cannot use stage config {path}: {exc}")
+    if check:
+        return check_stages(configs)
+    config = configs[0]
     stop = StopSignal().install()
 
     from rlhf_trainer.stage.launch import accelerate_env, launch_command
@@ -50,13 +61,31 @@ def main(argv: list[str] | None = None) -> int:
         return launch(command, {**os.environ, **accelerate_env(config, torch.cuda.is_available())}, config, stop)
 
     from rlhf_trainer.stage.runner import run_stage
-    from rlhf_trainer.stage.sources import StageInputError
-    from rlhf_trainer.trainer.inputs import DatasetError
 
     try:
         return run_stage(config, stop)
-    except (StageInputError, DatasetError, ValueError) as exc:
+    except input_errors() as exc:
         return fail(EXIT_INVALID_INPUT, f"stage {config.name}: {exc}")
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean the config or its data must change (exit code 4, not retried)."""
+    from rlhf_trainer.stage.sources import StageInputError
+    from rlhf_trainer.trainer.inputs import DatasetError
+
+    return StageInputError, DatasetError, ValueError
+
+
+def check_stages(configs) -> int:
+    from rlhf_trainer.stage.check import check_stage
+
+    produced = frozenset(str(StageDir(Path(c.output_dir)).model) for c in configs)
+    for config in configs:
+        try:
+            check_stage(config, produced)
+        except input_errors() as exc:
+            return fail(EXIT_INVALID_INPUT, f"stage {config.name}: {exc}")
+    return EXIT_OK
 
 
 def launch(command: list[str], env: dict, config, stop: StopSignal) -> int:
@@ -84,8 +113,9 @@ def launch(command: list[str], env: dict, config, stop: StopSignal) -> int:
 
 def fail(code: int, message: str) -> int:
     log.error(message)
-    if os.access(TERMINATION_LOG, os.W_OK):
-        Path(TERMINATION_LOG).write_text(message[-4000:])
+    path = os.environ.get("RLHF_TERMINATION_LOG") or (TERMINATION_LOG if os.access(TERMINATION_LOG, os.W_OK) else None)
+    if path:
+        Path(path).write_text(message[-4000:])  # Kubernetes keeps at most 4 KiB
     return code
 
 

@@ -10,6 +10,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from rlhf_trainer.stage.config import LoRA, StageAssignment
 from rlhf_trainer.stage.runner import StageContext, StageStopped
+from rlhf_trainer.stage.sources import revision
 from rlhf_trainer.stage.workspace import mark_complete
 
 
@@ -107,7 +108,7 @@ class StageCallback(TrainerCallback):
             control.should_training_stop = True
 
 
-def train(trainer, ctx: StageContext, evaluate: bool) -> dict:
+def train(trainer, ctx: StageContext, dataset, evaluate: bool) -> dict:
     """Train (from the latest complete checkpoint, if any), evaluate, save; the kind's part of result.json."""
     callback = StageCallback(ctx)
     trainer.add_callback(callback)
@@ -120,7 +121,9 @@ def train(trainer, ctx: StageContext, evaluate: bool) -> dict:
     if evaluate:
         metrics.update({k: v for k, v in trainer.evaluate().items() if not k.endswith(("_runtime", "_per_second"))})
     save_model(trainer, ctx, ctx.config.peft)
-    return {"steps": state.global_step, "totalSteps": state.max_steps, "metrics": metrics}
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return {"steps": state.global_step, "totalSteps": state.max_steps, "metrics": metrics,
+            "revisions": {"model": revision(model), "dataset": revision(dataset)}}
 
 
 def save_model(trainer, ctx: StageContext, lora: LoRA | None) -> None:

@@ -13,11 +13,19 @@ from transformers import AutoConfig
 
 from rlhf_trainer.core import LengthSampler
 from rlhf_trainer.models import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
+from rlhf_trainer.rewards import vader_compound
 from rlhf_trainer.stage.config import Guardrails, PPOStageConfig
-from rlhf_trainer.stage.hf import lora_config
+from rlhf_trainer.stage.hf import lora_config, report_to
 from rlhf_trainer.stage.runner import StageContext, StageStopped
-from rlhf_trainer.stage.scoring import make_scorer, vader_compound
-from rlhf_trainer.stage.sources import StageInputError, load_dataset, load_tokenizer, model_kwargs, model_path
+from rlhf_trainer.stage.scoring import make_scorer
+from rlhf_trainer.stage.sources import (
+    StageInputError,
+    load_dataset,
+    load_tokenizer,
+    model_kwargs,
+    model_path,
+    revision,
+)
 from rlhf_trainer.stage.workspace import mark_complete
 from rlhf_trainer.trainer.ppo import PPOTrainer
 
@@ -37,14 +45,26 @@ class LoopState:
     before: dict | None = None  # the evaluation before PPO
 
 
+def dataset_columns(config: PPOStageConfig) -> list[tuple]:
+    """The datasets this stage reads and the columns it needs in each (``rlhf_trainer.stage.check``)."""
+    found = [("dataset", config.dataset, [config.query.column])]
+    if config.evaluation is not None:
+        found.append(("evaluation.heldOutPrompts", config.evaluation.held_out_prompts, [config.query.column]))
+    return found
+
+
 def run(ctx: StageContext) -> dict:
     config: PPOStageConfig = ctx.config
     tokenizer = load_tokenizer(config.policy, config.workspace)
-    trainer = PPOTrainer(config.config, load_policy(config), None, tokenizer,
+    policy = load_policy(config)
+    trainer = PPOTrainer(config.config.model_copy(update=tracking(ctx)), policy, None, tokenizer,
                          num_shared_layers=config.num_shared_layers)
     device = trainer.accelerator.device
     scorer = make_scorer(config.reward, config.workspace, device)
-    queries = query_tensors(load_dataset(config.dataset), config, tokenizer, "dataset")
+    dataset = load_dataset(config.dataset)
+    queries = query_tensors(dataset, config, tokenizer, "dataset")
+    revisions = {"policy": revision(policy.pretrained_model), "reward": getattr(scorer, "revision", None),
+                 "dataset": revision(dataset)}
     held_out = (query_tensors(load_dataset(config.evaluation.held_out_prompts), config, tokenizer,
                               "evaluation.heldOutPrompts") if config.evaluation else None)
     generation = generation_kwargs(config, tokenizer)
@@ -79,7 +99,16 @@ def run(ctx: StageContext) -> dict:
 
     after = evaluate(trainer, held_out, scorer, config, generation) if held_out is not None else None
     save_policy(trainer, ctx, config)
-    return outcome(config, state, reason, after)
+    return {**outcome(config, state, reason, after), "revisions": revisions}
+
+
+def tracking(ctx: StageContext) -> dict:
+    """PPOConfig's tracker settings from the stage's reportTo (accelerate trackers: tensorboard or wandb)."""
+    trackers = [t for t in report_to(ctx.config) if t in ("tensorboard", "wandb")]
+    if not trackers:
+        return {}
+    return {"log_with": trackers[0],
+            "project_kwargs": {"project_dir": str(ctx.dir.root), "logging_dir": str(ctx.dir.root / "tensorboard")}}
 
 
 def load_policy(config: PPOStageConfig):

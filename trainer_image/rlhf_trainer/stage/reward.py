@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from rlhf_trainer.stage import hf
 from rlhf_trainer.stage.runner import StageContext
-from rlhf_trainer.stage.sources import model_kwargs, model_path, renamed, train_and_eval
+from rlhf_trainer.stage.sources import held_out_columns, model_kwargs, model_path, renamed, train_and_eval
 from rlhf_trainer.trainer.reward import RewardConfig, RewardTrainer
+
+
+def dataset_columns(config) -> list[tuple]:
+    """The datasets this stage reads and the columns it needs in each (``rlhf_trainer.stage.check``)."""
+    columns = [c for c in (config.columns.prompt, config.columns.chosen, config.columns.rejected,
+                           config.columns.margin) if c is not None]
+    return [("dataset", config.dataset, columns), *held_out_columns(config, columns)]
 
 
 def run(ctx: StageContext) -> dict:
@@ -24,4 +31,4 @@ def run(ctx: StageContext) -> dict:
         peft_config=hf.lora_config(config.peft, "SEQ_CLS"),
         model_init_kwargs=model_kwargs(config.model),
     )
-    return hf.train(trainer, ctx, evaluate=held_out is not None)
+    return hf.train(trainer, ctx, train, evaluate=held_out is not None)

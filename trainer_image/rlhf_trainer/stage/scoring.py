@@ -1,5 +1,5 @@
-"""What PPO maximises and what judges it: scorers ``(queries, responses) -> list[float]`` built from a reward
-source (a reward/classifier model or a Python callable), and the independent VADER judge.
+"""What PPO maximises: scorers ``(queries, responses) -> list[float]`` built from a reward source (a reward or
+classifier model, or a Python callable).
 
 The reward side always re-tokenises text with its own tokenizer: policy and reward model may not share one.
 """
@@ -79,11 +79,3 @@ class ModelScorer:
                                     return_tensors="pt").to(self.device)
             scores += self.model(**inputs).logits[:, self.index].float().tolist()
         return scores
-
-
-def vader_compound(texts: list[str]) -> list[float]:
-    """VADER's compound sentiment score of each text, in [-1, 1] (an independent judge of sentiment)."""
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    analyzer = SentimentIntensityAnalyzer()
-    return [analyzer.polarity_scores(text)["compound"] for text in texts]

@@ -57,6 +57,12 @@ def model_kwargs(source: ModelSource) -> dict:
     return kwargs
 
 
+def revision(loaded) -> str | None:
+    """The exact version of a loaded model (its hub commit) or dataset (its content fingerprint), when known."""
+    config = getattr(loaded, "config", None)
+    return getattr(config, "_commit_hash", None) or getattr(loaded, "_fingerprint", None)
+
+
 def quantization_config(kind: str):
     import torch
 
@@ -106,6 +112,13 @@ def train_and_eval(source: DatasetSource, held_out: HeldOut | None, seed: int):
         return train, load_dataset(source, split=held_out.split)
     parts = train.train_test_split(test_size=held_out.fraction, seed=seed)
     return parts["train"], parts["test"]
+
+
+def held_out_columns(config, columns: list[str]) -> list[tuple]:
+    """The held-out split to check beside the dataset, when the evaluation names one."""
+    if config.evaluation is None or config.evaluation.split is None:
+        return []
+    return [("evaluation.split", config.dataset.model_copy(update={"split": config.evaluation.split}), columns)]
 
 
 def renamed(dataset, mapping: dict[str, str | None], what: str):
