@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
@@ -45,6 +46,7 @@ from rlhf_operator.status import (
     set_condition,
     spec_problem,
     timestamp,
+    trainer_failure,
     transitions,
 )
 from rlhf_operator.workqueue import WorkQueue
@@ -104,6 +106,7 @@ class Controller:
         recorded = (body.get("status") or {}).get("stages") or {}
         jobs = {stage.name: await self.kube.get("Job", owner.namespace, stage.object_name) for stage in plan.stages}
         problems: dict[str, tuple[str, str]] = {}
+        failures: dict[str, str] = {}
         recheck = None
         for stage in plan.stages:
             job = jobs[stage.name]
@@ -120,6 +123,8 @@ class Controller:
             if state.phase == "Succeeded":
                 continue
             if state.phase == "Failed":
+                if said := await self._trainer_failure(job):
+                    failures[stage.name] = said
                 break
             job = jobs[stage.name] = await self._apply_suspend(job, spec.suspend)
             if _waiting_for_pods(job):
@@ -128,11 +133,17 @@ class Controller:
                 recheck = POD_CHECK_SECONDS
             break
         runs = [StageRun(name=stage.name, job=stage.object_name, output=stage.config.output_dir,
-                         state=_state(job) if (job := jobs[stage.name]) else None,
+                         state=_state(job, failures.get(stage.name)) if (job := jobs[stage.name]) else None,
                          created=job["metadata"].get("creationTimestamp") if job else None,
                          problem=problems.get(stage.name))
                 for stage in plan.stages]
         return runs, recheck
+
+    async def _trainer_failure(self, job: dict) -> str | None:
+        """The failed trainer's own words, from the termination message of the Job's pods."""
+        meta = job["metadata"]
+        pods = await self.kube.list("Pod", meta["namespace"], label_selector=f"batch.kubernetes.io/job-name={meta['name']}")
+        return trainer_failure([pod for pod in pods if _owned_by_uid(pod, meta["uid"])])
 
     async def _start(self, owner: Owner, spec: RLHFJobSpec, plan: Plan, stage: PlannedStage) -> dict:
         """Create a stage's objects (and the workspace claim); returns its Job."""
@@ -237,12 +248,19 @@ class Controller:
         return deleted
 
 
-def _state(job: dict) -> JobState:
-    return job_state(job, (job["metadata"].get("annotations") or {}).get(SUSPENDED_BY_OPERATOR) == "true")
+def _state(job: dict, trainer_said: str | None = None) -> JobState:
+    state = job_state(job, (job["metadata"].get("annotations") or {}).get(SUSPENDED_BY_OPERATOR) == "true")
+    if trainer_said:
+        state = replace(state, message=f"{state.message}; the trainer said: {trainer_said}")
+    return state
 
 
 def _owned_by(obj: dict, owner: Owner) -> bool:
-    return any(ref.get("uid") == owner.uid for ref in obj["metadata"].get("ownerReferences") or [])
+    return _owned_by_uid(obj, owner.uid)
+
+
+def _owned_by_uid(obj: dict, uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
 
 
 def _waiting_for_pods(job: dict) -> bool:

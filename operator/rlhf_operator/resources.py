@@ -229,6 +229,8 @@ def _pod_spec(owner: Owner, spec: RLHFJobSpec, stage: PlannedStage, template: Po
         "args": [f"{CONFIG_DIR}/{CONFIG_FILE}"],  # the image's entrypoint is `python -m rlhf_trainer.stage`
         "env": _env(stage, template, settings, workers),
         "securityContext": template.security_context or RESTRICTED_CONTAINER_SECURITY,
+        # The stage runner writes why it failed to /dev/termination-log; a crash leaves the log's tail instead.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "workspace", "mountPath": WORKSPACE},
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},

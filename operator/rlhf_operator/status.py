@@ -119,6 +119,19 @@ def job_state(job: dict, suspended_by_operator: bool = False) -> JobState:
     return JobState("Running", retries=retries, active=active)
 
 
+def trainer_failure(pods: list[dict]) -> str | None:
+    """What the trainer said when it last failed: the termination message of the latest container that exited
+    with an error (the stage runner writes the cause there; Kubernetes keeps its last 4 KiB)."""
+    ended = []
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            for state in (container.get("state"), container.get("lastState")):
+                terminated = (state or {}).get("terminated") or {}
+                if terminated.get("exitCode") and (terminated.get("message") or "").strip():
+                    ended.append((terminated.get("finishedAt") or "", terminated["message"].strip()))
+    return max(ended)[1] if ended else None
+
+
 def pod_creation_problem(events: list[dict]) -> tuple[str, str] | None:
     """(reason, message) when the Job controller's last attempt to create a pod failed, from the Job's Events
     (``FailedCreate`` after any ``SuccessfulCreate``): e.g. Pod Security admission rejected the pod."""

@@ -126,6 +126,25 @@ def test_exhausted_retries_fail_the_job_with_the_jobs_reason_and_nothing_is_recr
     assert names(cluster, "batch/v1/jobs") == ["doomed-sft"]
 
 
+def test_a_stage_that_refuses_its_data_fails_at_once_with_the_trainers_message(cluster, api, operator):
+    api.create_rlhfjob(NS, rlhfjob("baddata"))
+    api.wait_job(NS, "baddata-sft")
+    api.start_job(NS, "baddata-sft")
+    pod = api.create_pod(NS, "baddata-sft")
+    said = "stage sft: the dataset has no column 'review' (its columns: ['text', 'label'])"
+    api.core.patch_namespaced_pod_status(pod["metadata"]["name"], NS, {"status": {"containerStatuses": [{
+        "name": "trainer", "image": "trainer", "imageID": "", "ready": False, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 4, "reason": "Error", "message": said,
+                                 "finishedAt": "2026-11-24T12:00:00Z"}}}]}})
+    api.fail_job(NS, "baddata-sft", "PodFailurePolicy",
+                 "Container trainer for pod x failed with exit code 4 matching FailJob rule at index 1", 1)
+    status = api.wait_phase(NS, "baddata", "Failed")
+    assert status["stages"]["sft"]["reason"] == "PodFailurePolicy"
+    assert status["stages"]["sft"]["message"].endswith(f"the trainer said: {said}")
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert said in failed["message"]
+
+
 def test_suspend_suspends_the_running_stage_and_resume_continues_it(cluster, api, operator):
     api.create_rlhfjob(NS, rlhfjob("paused"))
     api.wait_job(NS, "paused-sft")

@@ -92,6 +92,7 @@ def test_a_stage_job_runs_the_trainer_with_its_config_the_workspace_and_a_status
                                 {"name": "RLHF_STATUS_TOKEN_FILE", "value": "/var/run/secrets/rlhf/token"}],
                         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                                             "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
                         "volumeMounts": [
                             {"name": "workspace", "mountPath": "/workspace"},
                             {"name": "config", "mountPath": "/etc/rlhf", "readOnly": True},

@@ -24,6 +24,7 @@ from rlhf_operator.status import (
     set_condition,
     spec_problem,
     stage_metrics,
+    trainer_failure,
     transitions,
 )
 
@@ -110,6 +111,22 @@ def test_pods_the_job_controller_failed_to_create_are_a_problem_until_it_creates
 
 
 # --- conditions ------------------------------------------------------------------------------------------------
+
+def test_the_trainers_last_termination_message_explains_a_failed_stage():
+    def pod(*states):
+        return {"status": {"containerStatuses": [{"name": "trainer", **dict(states)}]}}
+
+    def ended(code, message, at):
+        return {"terminated": {"exitCode": code, "message": message, "finishedAt": at}}
+
+    first = pod(("state", ended(1, "CUDA out of memory", "2026-11-24T12:00:00Z")))
+    last = pod(("state", ended(4, "stage sft: dataset has no column 'review'\n", "2026-11-24T12:05:00Z")))
+    assert trainer_failure([first, last]) == "stage sft: dataset has no column 'review'"
+    restarted = pod(("state", {"running": {}}), ("lastState", ended(1, "killed", "2026-11-24T12:01:00Z")))
+    assert trainer_failure([restarted]) == "killed"
+    assert trainer_failure([pod(("state", ended(0, "done", "2026-11-24T12:00:00Z")))]) is None
+    assert trainer_failure([{"status": {}}]) is None
+
 
 def test_conditions_are_one_per_type_and_move_their_transition_time_only_when_their_status_changes():
     conditions = set_condition(None, "Running", True, "StageRunning", "sft", T0, 1)
