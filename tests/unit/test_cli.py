@@ -70,7 +70,7 @@ def test_validate_prints_inputs_outputs_and_settings(capsys, tmp_path):
     assert "[3/3] ppo (Job sentiment-tiny-ppo)" in out
     assert "reward:                    /ws/reward/model" in out
     assert "dataset:  builtin movie-reviews (split train)" in out
-    assert "training.maxSteps=150" in out
+    assert "training.maxSteps=600" in out
 
 
 def test_the_default_workspace_is_under_rlhf_workspace_in_the_current_directory(capsys, tmp_path, monkeypatch):
