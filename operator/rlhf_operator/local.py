@@ -45,13 +45,13 @@ def add_run(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    job, plan = load_plan(args.file, args.workspace)
+    _, plan = load_plan(args.file, args.workspace)
     out = sys.stdout
     out.write(f"{plan.job_name}: {' -> '.join(s.name for s in plan.stages)}  (workspace {plan.workspace})\n")
     files = {stage.name: write_config(stage, plan) for stage in plan.stages}
     pending = [stage for stage in plan.stages if StageDir(Path(stage.config.output_dir)).read_result() is None]
     if pending and (problem := check_inputs([files[stage.name] for stage in pending], Path(plan.workspace))):
-        out.write(f"rlhf: {problem}\nnothing was run\n")
+        print(f"rlhf: {problem}\nrlhf: nothing was run", file=sys.stderr)
         return 4
     codes: dict[str, int] = {}
     for number, stage in enumerate(plan.stages, 1):

@@ -36,8 +36,8 @@ def test_a_bad_ppo_dataset_is_found_before_any_stage_runs(tmp_path):
                                             "dataset": {"builtin": "movie-reviews"}, "steps": 2})
     done = rlhf_run(job, tmp_path / "ws")
     assert done.returncode == 4
-    assert "stage ppo: dataset has no column 'query'" in done.stdout
-    assert "nothing was run" in done.stdout
+    assert "stage ppo: dataset has no column 'query'" in done.stderr
+    assert "nothing was run" in done.stderr
     assert not (tmp_path / "ws" / "sft" / "metrics.jsonl").exists()
 
 
