@@ -74,15 +74,23 @@ def run_stage(config: StageAssignment, stop: StopSignal | None = None) -> int:
     is_main = processes().is_main_process
     reporter = make_reporter(config.name, config.kind, stage_dir.root) if is_main else None
     ctx = StageContext(config, stage_dir, reporter, stop or StopSignal())
-    started = datetime.now(UTC)
-    clock = time.monotonic()
     try:
-        outcome = importlib.import_module(RUNNERS[config.kind]).run(ctx)
+        result = run_kind(ctx)
     except StageStopped:
         log.warning("stage %s stopped; run it again to resume from its last checkpoint", config.name)
         return EXIT_STOPPED
     finally:
-        processes().wait_for_everyone()
+        if reporter is not None:
+            reporter.close()  # the last progress record goes out whatever happened
+    return EXIT_OK if result["phase"] == "Succeeded" else EXIT_GUARDRAIL_FAILED
+
+
+def run_kind(ctx: StageContext) -> dict:
+    """Train with the kind's runner, then write result.json (the main process) and report it."""
+    config, stage_dir = ctx.config, ctx.dir
+    started, clock = datetime.now(UTC), time.monotonic()
+    outcome = importlib.import_module(RUNNERS[config.kind]).run(ctx)
+    processes().wait_for_everyone()
     result = {
         "stage": config.name, "kind": config.kind, "job": config.job_name,
         "phase": "Succeeded", "reason": "Completed",
@@ -96,11 +104,10 @@ def run_stage(config: StageAssignment, stop: StopSignal | None = None) -> int:
         "versions": package_versions(),
         **outcome,
     }
-    if is_main:
+    if ctx.reporter is not None:
         stage_dir.write_result(result)
         ctx.report(result.get("steps", 0), result.get("totalSteps"), result.get("metrics", {}), result=result)
-        reporter.close()
-    return EXIT_OK if result["phase"] == "Succeeded" else EXIT_GUARDRAIL_FAILED
+    return result
 
 
 def processes():
