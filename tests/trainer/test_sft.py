@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_trainer import SFTTrainer
 from rlhf_trainer.data import load_builtin
-from rlhf_trainer.trainer.sft import causal_lm_loss
+from rlhf_trainer.trainer.sft import SFTCollator, causal_lm_loss
 
 TEXTS = [
     "The acting was wonderful from start to finish.",
@@ -305,6 +305,10 @@ def test_padding_free_batch_gets_the_loss_and_gradients_of_the_padded_batch(tiny
     padded_batch = padded.data_collator(list(padded.train_dataset))
     flat_batch = flat.data_collator(list(flat.train_dataset))
     assert flat_batch["input_ids"].shape == (1, padded_batch["attention_mask"].sum())  # no padding left
+    lengths = padded_batch["attention_mask"].sum(1)
+    with_boundaries = SFTCollator(0, flatten=True, boundaries=True)(list(flat.train_dataset))  # for flash-attention
+    assert with_boundaries["cu_seq_lens_q"].tolist() == [0, *lengths.cumsum(0).tolist()]
+    assert with_boundaries["max_length_q"] == lengths.max()
 
     loss, count, grads = loss_and_grads(flat.model.train(), flat_batch, chunked=True)
     expected_loss, expected_count, expected_grads = loss_and_grads(padded.model.train(), padded_batch, chunked=False)

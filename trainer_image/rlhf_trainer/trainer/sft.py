@@ -245,10 +245,13 @@ class SFTCollator:
 
     ``flatten`` (padding-free) puts the whole batch in one row, position ids restarting at every document and no
     padding at all: for attention with variable-length kernels (flash-attention), which reads each document apart.
+    ``boundaries`` adds those kernels' document boundaries (``cu_seq_lens_*``), sparing the model a device-to-host
+    sync per layer to find them.
     """
 
     pad_token_id: int
     flatten: bool = False
+    boundaries: bool = False
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if self.flatten:
@@ -264,6 +267,12 @@ class SFTCollator:
             learn[i, :n] = torch.tensor(row["completion_mask"], dtype=torch.bool)
             positions[i, :n] = torch.tensor(self._column(row, "position_ids"))
         labels = input_ids.masked_fill(~learn | (positions == 0), IGNORE_INDEX)
+        if self.flatten and self.boundaries:
+            starts = (positions[0] == 0).nonzero().flatten()
+            cu_seq_lens = torch.cat([starts, torch.tensor([width])]).to(torch.int32)
+            longest = int(cu_seq_lens.diff().max())
+            return {"input_ids": input_ids, "position_ids": positions, "labels": labels, "cu_seq_lens_q": cu_seq_lens,
+                    "cu_seq_lens_k": cu_seq_lens, "max_length_q": longest, "max_length_k": longest}
         if "position_ids" in rows[0]:
             return {"input_ids": input_ids, "position_ids": positions, "labels": labels}
         lengths = torch.tensor([len(row["input_ids"]) for row in rows])
@@ -363,7 +372,8 @@ class SFTTrainer(Trainer):
             eval_dataset = prepare(eval_dataset, "eval_dataset")
 
         super().__init__(
-            model=model, args=args, data_collator=data_collator or SFTCollator(tokenizer.pad_token_id, self.padding_free),
+            model=model, args=args, data_collator=data_collator or SFTCollator(
+                tokenizer.pad_token_id, self.padding_free, has_varlen_attention(model)),
             train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
             callbacks=callbacks, optimizers=optimizers)
         # compute_loss divides by the tokens of the whole accumulated batch (num_items_in_batch) itself.
