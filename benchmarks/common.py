@@ -24,7 +24,7 @@ SHAPES = {
                      intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True,
                      max_position_embeddings=32768, rope_theta=1000000.0),
     "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                 intermediate_size=1376, vocab_size=32768, tie_word_embeddings=True,
+                 intermediate_size=1376, vocab_size=8192, tie_word_embeddings=True,
                  max_position_embeddings=2048, rope_theta=1000000.0),
 }
 PAD_ID = 0  # documents never contain it, so "not the pad id" counts real tokens
