@@ -38,7 +38,7 @@ def build_model(shape: str, head: str = "causal-lm", seed: int = 0, attention: s
     config = Qwen2Config(**SHAPES[shape], pad_token_id=PAD_ID, bos_token_id=1, eos_token_id=2, num_labels=1)
     torch.manual_seed(seed)
     auto = AutoModelForCausalLM if head == "causal-lm" else AutoModelForSequenceClassification
-    return auto.from_config(config, dtype=torch.float32, attn_implementation=attention)
+    return auto.from_config(config, attn_implementation=attention).float()
 
 
 def build_tokenizer():
@@ -91,6 +91,42 @@ def peak_memory_mib(device: str) -> float:
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TensorMemoryPeak:
+    """``with TensorMemoryPeak(device) as peak:`` ... ``peak.mib``: the most memory tensors held at once inside
+    the block. On GPU torch.cuda.max_memory_allocated; on CPU the same quantity from the profiler's record of every
+    allocation and free (so it excludes the interpreter, libraries and allocator slack that a resident set has)."""
+
+    def __init__(self, device: str):
+        self.device, self.mib = device, None
+
+    def __enter__(self):
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                   profile_memory=True)
+            self._profile.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device == "cuda":
+            self.mib = torch.cuda.max_memory_allocated() / 2**20
+            return
+        self._profile.__exit__(*exc)
+        cpu = torch.autograd.DeviceType.CPU
+        changes = sorted((e.start_ns(), e.nbytes()) for e in self._profile.profiler.kineto_results.events()
+                         if e.name() == "[memory]" and e.device_type() == cpu)
+        live = peak = 0
+        for _, change in changes:
+            live += change
+            peak = max(peak, live)
+        self.mib = peak / 2**20
 
 
 class StepClock:
