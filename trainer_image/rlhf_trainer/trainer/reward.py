@@ -266,16 +266,18 @@ class RewardTrainer(Trainer):
             disable_dropout(model)
 
         padding_free = getattr(args, "padding_free", None)
-        supported = padding_free is False or packed_rewards_supported(model, tokenizer.pad_token_id)
+        # FSDP and DeepSpeed keep the score head's weight sharded outside the forward pass, where packing applies it
+        sharded = bool(args.fsdp) or args.deepspeed is not None
+        supported = padding_free is False or (not sharded and packed_rewards_supported(model, tokenizer.pad_token_id))
         if padding_free and not supported:
             raise ValueError(
                 f"padding_free=True, but this {model.config.model_type} model does not give the padded batch's rewards "
-                "on packed texts (no 'score' head, no hidden states, or attention that ignores position ids); "
-                "use padding_free=None")
+                "on packed texts (no 'score' head, no hidden states, or attention that ignores position ids), or its "
+                "weights are sharded (FSDP, DeepSpeed): use padding_free=None")
         self.padding_free = supported if padding_free is None else padding_free
         varlen = has_varlen_attention(model)
         collator = RewardCollator(tokenizer.pad_token_id, packed=self.padding_free,
-                                  capacity=None if varlen else 2 * max_length, boundaries=varlen)
+                                  capacity=None if varlen else max_length, boundaries=varlen)
 
         prepare = partial(prepare_preference_dataset, tokenizer=tokenizer, max_length=max_length)
         if train_dataset is not None:
