@@ -6,7 +6,7 @@
 Every run samples (top_k 0, top_p 1, as the PPO seed does) exactly --new-tokens tokens for each of --batch
 left-padded prompts (min_new_tokens = max_new_tokens, so no run stops early), from the same random-init Qwen2
 (bf16 weights on GPU, fp32 on CPU), in one process. Ours draws the same tokens as generate from the same seed
-(tests/trainer/test_generation.py); "static" preallocates the KV cache, "compiled" also captures the decoding step
+(tests/trainer/test_generation.py; the last column checks it here); "static" preallocates the KV cache, "compiled" also captures the decoding step
 with torch.compile(mode="reduce-overhead") (CUDA graphs on a GPU), compiled once before timing.
 """
 
@@ -66,15 +66,17 @@ def main() -> None:
                                  lambda: sample_tokens(model, input_ids, attention_mask, settings, cache="static",
                                                        compile=True)),
     }
-    results = []
+    results, reference = [], None
     for key in args.runs.split(","):
         name, rollout = runs[key]
         with torch.no_grad():
+            torch.manual_seed(0)
             start = time.perf_counter()
             tokens = rollout()  # warm-up (and compilation)
             synchronize(args.device)
             first = time.perf_counter() - start
             assert tokens.shape == (args.batch, args.new_tokens), tokens.shape
+            reference = tokens if reference is None else reference
             times = []
             for _ in range(args.repeats):
                 start = time.perf_counter()
@@ -83,7 +85,7 @@ def main() -> None:
                 times.append(time.perf_counter() - start)
         seconds = sorted(times)[len(times) // 2]
         results.append((name, {"tokens_per_s": args.batch * args.new_tokens / seconds, "rollout_s": seconds,
-                               "first_s": first}))
+                               "first_s": first, "same": "yes" if torch.equal(tokens, reference) else "no"}))
     baseline = results[0][1]["tokens_per_s"] if args.runs.startswith("generate") else None
     for _, result in results:
         result["ratio"] = result["tokens_per_s"] / baseline if baseline else None
@@ -92,7 +94,8 @@ def main() -> None:
         f"tokens, prompts of {args.prompt_tokens[0]}-{args.prompt_tokens[1]} tokens, median of {args.repeats}; "
         f"{versions()}; peak memory {peak_memory_mib(args.device):.0f} MiB",
         [("tokens/s", "tokens_per_s", ".0f"), ("s/rollout", "rollout_s", ".3f"),
-         ("first call s", "first_s", ".1f"), ("vs generate", "ratio", ".2f")],
+         ("first call s", "first_s", ".1f"), ("vs generate", "ratio", ".2f"),
+         ("same tokens as the first run", "same", "")],
         results)
 
 

@@ -75,6 +75,8 @@ def worker(args) -> dict:
     config = PPOConfig(batch_size=args.batch, mini_batch_size=args.mini_batch, learning_rate=1e-5,
                        accelerator_kwargs=mixed)
     trainer = PPOTrainer(config, model, create_reference_model(model), tokenizer)
+    if args.worker == "ours":
+        trainer.generation_cache, trainer.compile_generation = args.generation_cache, args.compile_generation
     queries = [torch.tensor(p) for p in json.loads(Path(args.prompts).read_text())]
     target = queries[0][-1].item()  # toy score: how often the response repeats one token
     generation_kwargs = {"max_new_tokens": args.new_tokens, "min_length": -1, "top_k": 0, "top_p": 1.0,
@@ -115,6 +117,10 @@ def main() -> None:
                              "shared machine OpenMP's waiting threads make timings erratic)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of all runs; the median is reported")
     parser.add_argument("--no-trl", action="store_true", help="skip the TRL comparison")
+    parser.add_argument("--generation-cache", choices=["dynamic", "static"], default="dynamic",
+                        help="ours: the rollout's KV cache (PPOTrainer.generation_cache)")
+    parser.add_argument("--compile-generation", action="store_true",
+                        help="ours: compile the decoding step (PPOTrainer.compile_generation; CUDA graphs on GPU)")
     parser.add_argument("--worker", choices=["ours", "trl"])
     parser.add_argument("--model")
     parser.add_argument("--prompts")
@@ -146,7 +152,8 @@ def main() -> None:
         common = ["--device", args.device, "--shape", args.shape, "--batch", str(args.batch), "--mini-batch",
                   str(args.mini_batch), "--new-tokens", str(args.new_tokens), "--steps", str(args.steps),
                   "--warmup", str(args.warmup), "--threads", str(args.threads), "--model", str(model_dir),
-                  "--prompts", str(prompts)]
+                  "--prompts", str(prompts), "--generation-cache", args.generation_cache,
+                  *(["--compile-generation"] if args.compile_generation else [])]
         trl = None if args.no_trl else trl_python(TRL_VENV)
         runs = [("ours", sys.executable, ["--worker", "ours", *common])]
         if trl:

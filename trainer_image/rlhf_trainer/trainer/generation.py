@@ -17,8 +17,10 @@ import weakref
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+COMPILE_BUCKET = 64  # prompt lengths are rounded up to a multiple of this when the decoding step is compiled
 # HF defaults that only the sampling below can honour; any other value of these makes us defer to generate().
 _MUST_BE_DEFAULT = (
     "num_beams", "num_return_sequences", "typical_p", "repetition_penalty", "no_repeat_ngram_size",
@@ -101,6 +103,10 @@ def sample_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     """
     from transformers import DynamicCache, StaticCache
 
+    if compile:  # each new shape is a new compilation: pad prompts on the left to a multiple of COMPILE_BUCKET
+        extra = -input_ids.shape[1] % COMPILE_BUCKET
+        input_ids = F.pad(input_ids, (extra, 0), value=settings.pad_token_id)
+        attention_mask = F.pad(attention_mask, (extra, 0), value=0)
     batch, prompt_length = input_ids.shape
     total = prompt_length + settings.max_new_tokens
     if settings.max_new_tokens == 0:

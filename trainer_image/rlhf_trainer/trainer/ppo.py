@@ -416,7 +416,10 @@ class PPOTrainer:
         width = batch.labels.shape[1]
         extra = {"logits_to_keep": width} if self._logits_to_keep else {}
         logits, _, values = model(**batch.inputs, **extra)
-        return logits[:, -width:] / self.generation_temperature, values[:, -width:]
+        logits = logits[:, -width:]
+        if self.generation_temperature != 1.0:  # no [B, R, V] copy for nothing
+            logits = logits / self.generation_temperature
+        return logits, values[:, -width:]
 
     def _reference_logits(self, batch: PPOBatch) -> torch.Tensor:
         if self.ref_model is not None:
