@@ -150,7 +150,8 @@ class StepClock:
 
 def run_worker(python: str, script: str, worker_args: list[str], threads: int) -> dict:
     """Run ``script --worker ...`` with ``python`` and return the JSON its last output line holds."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "trainer_image"), TOKENIZERS_PARALLELISM="false",
+    path = os.pathsep.join(filter(None, [str(ROOT / "trainer_image"), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=path, TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", OMP_NUM_THREADS=str(threads))
     # -P: benchmarks/ not first on sys.path, where its operator.py would shadow the stdlib module
     result = subprocess.run([python, "-P", script, *worker_args], env=env, capture_output=True, text=True, check=False)

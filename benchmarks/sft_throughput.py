@@ -52,7 +52,7 @@ def worker(args) -> dict:
                     max_steps=args.warmup + args.steps, learning_rate=1e-5, lr_scheduler_type="constant",
                     optim="adamw_torch_fused", bf16=args.device == "cuda", use_cpu=args.device == "cpu",
                     report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True, seed=0,
-                    dataloader_pin_memory=False)
+                    dataloader_pin_memory=False, torch_compile=args.compile)
     if args.worker == "trl":
         from trl import SFTConfig, SFTTrainer
 
@@ -110,6 +110,7 @@ def main() -> None:
     parser.add_argument("--attn", help="attention implementation (default: flash_attention_2 on GPU if installed, "
                                        "else sdpa)")
     parser.add_argument("--modes", default="packed,padded")
+    parser.add_argument("--compile", action="store_true", help="TrainingArguments(torch_compile=True) for both")
     parser.add_argument("--no-trl", action="store_true")
     parser.add_argument("--worker", choices=["ours", "trl"])
     parser.add_argument("--mode", choices=["packed", "padded"])
@@ -130,7 +131,8 @@ def main() -> None:
         data.write_text(json.dumps(documents(needed, low, high, SHAPES[args.shape]["vocab_size"])))
         common = ["--device", args.device, "--shape", args.shape, "--batch", str(args.batch), "--max-length",
                   str(args.max_length), "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads",
-                  str(args.threads), "--data", str(data), *(["--attn", args.attn] if args.attn else [])]
+                  str(args.threads), "--data", str(data), *(["--attn", args.attn] if args.attn else []),
+                  *(["--compile"] if args.compile else [])]
         trl = None if args.no_trl else trl_python(TRL_VENV)
         runs = []
         for mode in args.modes.split(","):

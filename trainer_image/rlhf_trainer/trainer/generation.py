@@ -99,7 +99,7 @@ def sample_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     """Continue left-padded prompts [B, P]; returns the new tokens [B, <= max_new_tokens], pad after each EOS.
 
     Stops when every row has produced an EOS. ``cache``: ``"dynamic"`` (grows with the sequence) or ``"static"``
-    (preallocated; fixed shapes per step, which ``compile`` needs).
+    (preallocated; fixed shapes per step). ``compile`` compiles the decoding step, with a static cache.
     """
     from transformers import DynamicCache, StaticCache
 
@@ -112,7 +112,7 @@ def sample_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     if settings.max_new_tokens == 0:
         return input_ids.new_empty((batch, 0))
     device = input_ids.device
-    static = cache == "static"
+    static = cache == "static" or compile  # a growing cache would change the step's shapes every token
     kv = StaticCache(config=model.config, max_cache_len=total) if static else DynamicCache(config=model.config)
     # The mask covers every position up front: causality keeps each step from looking ahead, and a fixed-size
     # mask keeps the step's shapes fixed for the static cache.
@@ -142,7 +142,6 @@ def sample_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
 
 def _decode_step(model: nn.Module, compile: bool):
     """One token per row through the model with the cache: its next-token logits [B, V]."""
-
     cache_argument = _cache_argument(model)
 
     def step(token, mask, position, kv):
