@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Wheels the benchmarks need on a GPU machine that has PyTorch, transformers, accelerate and peft but no network
 # (this workplace's H100/H200 image: Python 3.12, torch 2.11, transformers 5.17). Run here, from the repository
-# root; the device call carries .whl/ and installs it (see benchmarks/README.md, "to run on an H100/H200").
+# root (.whl/ is git-ignored); the device call carries .whl/ and installs it (see benchmarks/README.md,
+# "to run on an H100/H200").
 #   .whl/         ours and TRL 1.16: datasets, pydantic, trl 1.16.0
 #   .whl/trl011/  TRL 0.11.4 with its own transformers 4.46.3, installed into a separate --target directory
 set -euo pipefail
-grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> "$(git rev-parse --git-path info/exclude)"
 download() {  # download DIR PACKAGE==VERSION ...
   local dir=$1; shift
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
