@@ -29,6 +29,7 @@ class _CountTo:
 
 def test_generate_list_strips_left_padding_and_keeps_eos(tiny_model, tiny_tokenizer, monkeypatch):
     trainer = make_trainer(tiny_model("tiny-gpt2"), tiny_tokenizer)
+    trainer.fast_generation = False  # generate() is replaced below
     model = trainer.accelerator.unwrap_model(trainer.model)
     monkeypatch.setattr(model, "generate", _CountTo([2, None, 0]))
     qs = [torch.tensor([5, 6, 7]), torch.tensor([8]), torch.tensor([9, 9])]
@@ -41,6 +42,7 @@ def test_generate_list_strips_left_padding_and_keeps_eos(tiny_model, tiny_tokeni
 
 def test_generate_batches_and_samples_lengths(tiny_model, tiny_tokenizer, monkeypatch):
     trainer = make_trainer(tiny_model("tiny-gpt2"), tiny_tokenizer)
+    trainer.fast_generation = False  # generate() is spied on below
     model = trainer.accelerator.unwrap_model(trainer.model)
     calls = []
     real = model.generate

@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Eval
 from rlhf_trainer import RewardConfig, RewardTrainer
 from rlhf_trainer.data import load_builtin
 from rlhf_trainer.tiny import build_model
-from rlhf_trainer.trainer.reward import preference_loss, reward_metrics
+from rlhf_trainer.trainer.reward import pair_rewards, preference_loss, reward_metrics
 
 PAIRS = [
     {"prompt": "The acting", "chosen": " was wonderful.", "rejected": " was dull."},
@@ -175,3 +175,51 @@ def test_model_with_several_labels_is_refused(tiny_tokenizer, quick_args):
     model = build_model("gpt2", "seq-cls", tokenizer=tiny_tokenizer, num_labels=2)
     with pytest.raises(ValueError, match="load it with num_labels=1 .this one has num_labels=2"):
         RewardTrainer(model, args=quick_args(RewardConfig), train_dataset=PAIRS, tokenizer=tiny_tokenizer)
+
+
+# The packed (padding-free) path must give the padded path's numbers.
+
+def rewards_loss_and_grads(trainer, batch):
+    model = trainer.model
+    model.zero_grad()
+    chosen, rejected = pair_rewards(model, batch)
+    loss = preference_loss(chosen, rejected, batch.get("margin"), center_rewards_coefficient=0.01)
+    loss.backward()
+    return torch.stack([chosen, rejected]).detach(), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2-classifier", "tiny-llama-classifier"])
+def test_packed_pairs_get_the_rewards_loss_and_gradients_of_the_padded_batch(tiny_model, quick_args, name):
+    pairs = [{**pair, "margin": float(i)} for i, pair in enumerate(PAIRS)]
+    packed = RewardTrainer(tiny_model(name), args=quick_args(RewardConfig), train_dataset=pairs)
+    padded = RewardTrainer(tiny_model(name), args=quick_args(RewardConfig, padding_free=False), train_dataset=pairs)
+    assert packed.padding_free and not padded.padding_free  # packed by default where it gives the same rewards
+    rows = list(packed.train_dataset)
+    packed_batch, padded_batch = packed.data_collator(rows), padded.data_collator(rows)
+    assert packed_batch["input_ids"].numel() < padded_batch["input_ids"].numel()  # less padding to compute
+
+    rewards, loss, grads = rewards_loss_and_grads(packed, packed_batch)
+    expected_rewards, expected_loss, expected_grads = rewards_loss_and_grads(padded, padded_batch)
+
+    torch.testing.assert_close(rewards, expected_rewards, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
+    for parameter, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[parameter], rtol=1e-4, atol=1e-6)
+
+
+def test_packing_pools_at_the_last_token_that_is_not_padding(tiny_model, quick_args):
+    trainer = RewardTrainer(tiny_model("tiny-llama-classifier"), args=quick_args(RewardConfig), train_dataset=PAIRS)
+    pad = trainer.processing_class.pad_token_id
+    row = {"input_ids_chosen": [5, 6, 7, pad], "attention_mask_chosen": [1, 1, 1, 1],
+           "input_ids_rejected": [8, 9, 10, 11, 12], "attention_mask_rejected": [1, 1, 1, 0, 0]}
+    batch = trainer.data_collator([row])
+    assert batch["input_ids"].flatten()[batch["last_token"]].tolist() == [7, 10]
+
+
+def test_packing_is_off_for_a_model_whose_attention_ignores_position_ids(tiny_tokenizer, quick_args):
+    model = build_model("opt", "seq-cls", tokenizer=tiny_tokenizer)
+    trainer = RewardTrainer(model, args=quick_args(RewardConfig), train_dataset=PAIRS, tokenizer=tiny_tokenizer)
+    assert not trainer.padding_free
+    with pytest.raises(ValueError, match="opt model does not give the padded batch's rewards on packed texts"):
+        RewardTrainer(model, args=quick_args(RewardConfig, padding_free=True), train_dataset=PAIRS,
+                      tokenizer=tiny_tokenizer)

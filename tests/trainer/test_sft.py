@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlhf_trainer import SFTTrainer
 from rlhf_trainer.data import load_builtin
-from rlhf_trainer.trainer.sft import causal_lm_loss
+from rlhf_trainer.trainer.sft import SFTCollator, causal_lm_loss
 
 TEXTS = [
     "The acting was wonderful from start to finish.",
@@ -252,3 +252,79 @@ def test_chat_template_without_generation_marks_is_explained(tiny_model, quick_a
     with pytest.raises(ValueError, match=r"row 0: no assistant tokens to learn.*\{% generation %\}"):
         SFTTrainer(tiny_model("tiny-gpt2"), args=quick_args(), train_dataset=[{"messages": CHAT}],
                    tokenizer=tokenizer)
+
+
+# Speed paths: each must give the plain path's numbers.
+
+def loss_and_grads(model, batch, chunked):
+    model.zero_grad()
+    torch.manual_seed(0)  # the same dropout draws for both paths
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    loss, count = causal_lm_loss(model, inputs, batch["labels"], chunked=chunked)
+    (loss / count).backward()
+    return loss.detach(), count, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(("name", "packing"), [("tiny-llama", True), ("tiny-gpt2", False), ("tiny-opt", False)])
+def test_chunked_loss_equals_the_plain_loss_and_gradients(tiny_model, quick_args, name, packing):
+    rows = [{"prompt": text[:12], "completion": text[12:]} for text in TEXTS]  # prompts are not learned
+    trainer = SFTTrainer(tiny_model(name), args=quick_args(), train_dataset=rows, packing=packing, max_seq_length=24)
+    assert trainer.chunked_loss  # on by default
+    batch = trainer.data_collator(list(trainer.train_dataset))
+    assert (batch["labels"] == -100).any()
+    model = trainer.model.train()
+
+    plain_loss, plain_count, plain_grads = loss_and_grads(model, batch, chunked=False)
+    loss, count, grads = loss_and_grads(model, batch, chunked=True)
+
+    assert count == plain_count
+    torch.testing.assert_close(loss, plain_loss, rtol=1e-5, atol=1e-5)
+    for parameter, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[parameter], rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_loss_is_not_used_where_the_model_transforms_its_logits(tmp_path, tiny_tokenizer, quick_args):
+    from transformers import Gemma2Config
+
+    config = Gemma2Config(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=16, final_logit_softcapping=30.0,
+                          pad_token_id=tiny_tokenizer.pad_token_id)
+    model = AutoModelForCausalLM.from_config(config)
+    rows = [{"text": text} for text in TEXTS]
+    trainer = SFTTrainer(model, args=quick_args(), train_dataset=rows, tokenizer=tiny_tokenizer)
+    assert not trainer.chunked_loss
+    with pytest.raises(ValueError, match="gemma2 model's logits are not its LM head's output"):
+        SFTTrainer(model, args=quick_args(), train_dataset=rows, tokenizer=tiny_tokenizer, chunked_loss=True)
+
+
+def test_padding_free_batch_gets_the_loss_and_gradients_of_the_padded_batch(tiny_model, quick_args):
+    rows = [{"text": text} for text in TEXTS]
+    padded = SFTTrainer(tiny_model("tiny-llama"), args=quick_args(), train_dataset=rows)
+    flat = SFTTrainer(tiny_model("tiny-llama"), args=quick_args(), train_dataset=rows, padding_free=True)
+    assert not padded.padding_free  # sdpa: padding-free only when asked for
+    padded_batch = padded.data_collator(list(padded.train_dataset))
+    flat_batch = flat.data_collator(list(flat.train_dataset))
+    assert flat_batch["input_ids"].shape == (1, padded_batch["attention_mask"].sum())  # no padding left
+    lengths = padded_batch["attention_mask"].sum(1)
+    with_boundaries = SFTCollator(0, flatten=True, boundaries=True)(list(flat.train_dataset))  # for flash-attention
+    assert with_boundaries["cu_seq_lens_q"].tolist() == [0, *lengths.cumsum(0).tolist()]
+    assert with_boundaries["max_length_q"] == lengths.max()
+
+    loss, count, grads = loss_and_grads(flat.model.train(), flat_batch, chunked=True)
+    expected_loss, expected_count, expected_grads = loss_and_grads(padded.model.train(), padded_batch, chunked=False)
+
+    assert count == expected_count
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-4)
+    for parameter, grad in grads.items():
+        torch.testing.assert_close(grad, expected_grads[parameter], rtol=1e-4, atol=1e-5)
+
+
+def test_pretokenized_input_ids_are_trained_as_given(tiny_model, quick_args):
+    rows = [{"input_ids": [5, 6, 7, 8]}, {"input_ids": [9, 10, 11], "completion_mask": [0, 1, 1]}]
+    trainer = SFTTrainer(tiny_model("tiny-gpt2"), args=quick_args(), train_dataset=rows)
+    batch = trainer.data_collator(list(trainer.train_dataset))
+    assert batch["input_ids"][0].tolist() == [5, 6, 7, 8]  # no EOS added: the ids are used as they are
+    assert learned_tokens(batch, 0) == [6, 7, 8] and learned_tokens(batch, 1) == [10, 11]
+    with pytest.raises(ValueError, match="row 0: completion_mask has 2 values for 3 input_ids"):
+        SFTTrainer(tiny_model("tiny-gpt2"), args=quick_args(),
+                   train_dataset=[{"input_ids": [1, 2, 3], "completion_mask": [1, 1]}])

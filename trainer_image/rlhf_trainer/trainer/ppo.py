@@ -42,6 +42,7 @@ from rlhf_trainer.core import (
     set_seed,
 )
 from rlhf_trainer.models import PreTrainedModelWrapper, create_reference_model
+from rlhf_trainer.trainer.generation import fast_sampling_settings, sample_tokens
 from rlhf_trainer.trainer.ppo_config import PPOConfig
 
 CHECKPOINT_WEIGHTS, CHECKPOINT_STATE = "trainable.safetensors", "trainer_state.pt"
@@ -118,6 +119,11 @@ class PPOTrainer:
                           if ref_model is not None else None)
         self._logits_to_keep = not self.is_encoder_decoder and _accepts(self._base_model, "logits_to_keep")
         self.generation_temperature = 1.0  # set by generate(temperature=...); step() scores with the same
+        # Rollout sampling: our loop where it draws what generate() would; a preallocated ("static") KV cache and a
+        # compiled decoding step (CUDA graphs on a GPU) are opt-in: compiling costs time per new shape.
+        self.fast_generation = True
+        self.generation_cache = "dynamic"
+        self.compile_generation = False
         self.current_step = 0
         if config.log_with is not None:
             # trackers take flat scalar hyperparameters (tensorboard refuses None and dicts)
@@ -410,7 +416,10 @@ class PPOTrainer:
         width = batch.labels.shape[1]
         extra = {"logits_to_keep": width} if self._logits_to_keep else {}
         logits, _, values = model(**batch.inputs, **extra)
-        return logits[:, -width:] / self.generation_temperature, values[:, -width:]
+        logits = logits[:, -width:]
+        if self.generation_temperature != 1.0:  # no [B, R, V] copy for nothing
+            logits = logits / self.generation_temperature
+        return logits, values[:, -width:]
 
     def _reference_logits(self, batch: PPOBatch) -> torch.Tensor:
         if self.ref_model is not None:
@@ -447,8 +456,7 @@ class PPOTrainer:
             if length_sampler is not None:
                 generation_kwargs["max_new_tokens"] = length_sampler()
             input_ids, attention_mask = _pad(chunk, self._pad_token_id, "left")
-            output = model.generate(input_ids=input_ids, attention_mask=attention_mask.long(), **generation_kwargs)
-            generated = output[:, 1:] if self.is_encoder_decoder else output[:, input_ids.shape[1]:]
+            generated = self._sample(model, input_ids, attention_mask.long(), generation_kwargs)
             keep = self._response_lengths(generated) if remove_padding else [generated.shape[1]] * len(chunk)
             for query, tokens, length in zip(chunk, generated, keep, strict=True):
                 response = tokens[:length]
@@ -456,6 +464,18 @@ class PPOTrainer:
                     response = torch.cat([query, response])
                 responses.append(response)
         return responses[0][None] if single else responses
+
+    def _sample(self, model: PreTrainedModelWrapper, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                generation_kwargs: dict) -> torch.Tensor:
+        """The new tokens [B, N] for left-padded queries: our sampling loop where it draws what ``generate``
+        would (see ``trainer/generation.py``), else ``generate``."""
+        settings = (fast_sampling_settings(model.pretrained_model, input_ids.shape[1], **generation_kwargs)
+                    if self.fast_generation else None)
+        if settings is not None:
+            return sample_tokens(model.pretrained_model, input_ids, attention_mask, settings, self.generation_cache,
+                                 self.compile_generation)
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, **generation_kwargs)
+        return output[:, 1:] if self.is_encoder_decoder else output[:, input_ids.shape[1]:]
 
     def _response_lengths(self, generated: torch.Tensor) -> list[int]:
         """Tokens up to and including the first EOS (everything when there is none)."""

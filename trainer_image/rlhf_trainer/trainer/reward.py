@@ -30,6 +30,7 @@ from rlhf_trainer.trainer.inputs import (
     resolve_tokenizer,
     to_dataset,
 )
+from rlhf_trainer.trainer.sft import best_fit_bins, has_varlen_attention
 
 TOKENIZED_COLUMNS = ["input_ids_chosen", "attention_mask_chosen", "input_ids_rejected", "attention_mask_rejected"]
 REWARD_COLUMNS = [*TOKENIZED_COLUMNS, "margin"]
@@ -46,6 +47,10 @@ class RewardConfig(TrainingArguments):
         "help": "Weight of the (r_chosen + r_rejected)^2 penalty that keeps rewards centred on zero (e.g. 0.01)."})
     disable_dropout: bool = field(default=True, metadata={
         "help": "Turn dropout off, so a text's reward does not depend on the dropout draw."})
+    padding_free: bool | None = field(default=None, metadata={
+        "help": "Pack each batch's chosen and rejected texts into rows without padding (position ids restarting at "
+                "each text; one row with flash-attention, rows of max_length otherwise) and score each text's last "
+                "token. Default: wherever the model gives the padded batch's rewards that way."})
 
 
 def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None,
@@ -59,9 +64,57 @@ def preference_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.
 
 
 def pair_rewards(model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of the chosen and the rejected texts of a batch, from one forward pass over both."""
-    rewards = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.squeeze(-1)
-    return rewards.chunk(2)
+    """Rewards of the chosen and the rejected texts of a batch, from one forward pass over both.
+
+    A packed batch (``last_token`` given) scores the last hidden state of each text's last token with the model's
+    score head; a padded one takes the model's own pooled output.
+    """
+    if "last_token" not in inputs:
+        rewards = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.squeeze(-1)
+        return rewards.chunk(2)
+    model_inputs = {key: value for key, value in inputs.items() if key not in ("last_token", "margin")}
+    # no cache: with one, transformers would not read restarting position ids as separate texts
+    hidden = model(**model_inputs, use_cache=False, output_hidden_states=True).hidden_states[-1]
+    rewards = score_head(model)(hidden.flatten(0, 1)[inputs["last_token"]]).squeeze(-1)
+    return rewards.float().chunk(2)
+
+
+def score_head(model) -> nn.Module | None:
+    """The linear score head of a (DDP-wrapped, PEFT or plain) sequence classifier, if it has one."""
+    while hasattr(model, "module"):  # DistributedDataParallel and similar wrappers
+        model = model.module
+    if hasattr(model, "get_base_model"):  # PEFT: the transformers model, adapters and saved head in place
+        model = model.get_base_model()
+    return getattr(model, "score", None)
+
+
+@torch.no_grad()
+def packed_rewards_supported(model, pad_token_id: int) -> bool:
+    """Whether packed batches get the padded batch's rewards from this model: it has a ``score`` head, returns
+    hidden states, and its attention keeps packed texts apart (checked on a probe pair)."""
+    if score_head(model) is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    texts = [[int(t) for t in torch.randint(0, model.config.vocab_size, (n,), generator=generator) if t != pad_token_id]
+             for n in (5, 9)]
+    device = next(model.parameters()).device
+    rows = [{f"input_ids_{side}": ids, f"attention_mask_{side}": [1] * len(ids)}
+            for side, ids in (("chosen", texts[0]), ("rejected", texts[1]))]
+    probe = [{**rows[0], **rows[1]}]
+    was_training = model.training
+    model.eval()
+    try:
+        padded = pair_rewards(model, _to(RewardCollator(pad_token_id)(probe), device))
+        packed = pair_rewards(model, _to(RewardCollator(pad_token_id, packed=True)(probe), device))
+    except (TypeError, ValueError, AttributeError):  # no hidden states, or a head that takes something else
+        return False
+    finally:
+        model.train(was_training)
+    return all(torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4) for a, b in zip(padded, packed, strict=True))
+
+
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
 def reward_metrics(prediction) -> dict[str, float]:
@@ -111,23 +164,67 @@ def prepare_preference_dataset(dataset, name: str, *, tokenizer, max_length: int
 
 @dataclass
 class RewardCollator:
-    """Right-pads a batch of pairs into one tensor: the chosen texts, then the rejected ones."""
+    """One batch of pairs: the chosen texts, then the rejected ones.
+
+    Padded (default): right-padded rows with an attention mask. ``packed``: texts packed whole into rows of at most
+    ``capacity`` tokens (one row when None), position ids restarting at each text, no attention mask, and
+    ``last_token``: the index of each text's last token in the flattened rows, in chosen-then-rejected order.
+    ``boundaries`` adds flash-attention's ``cu_seq_lens_*`` (one row only).
+    """
 
     pad_token_id: int
+    packed: bool = False
+    capacity: int | None = None
+    boundaries: bool = False
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         sequences = [(row[f"input_ids_{side}"], row[f"attention_mask_{side}"])
                      for side in ("chosen", "rejected") for row in rows]
+        batch = self._pack(sequences) if self.packed else self._pad(sequences)
+        if "margin" in rows[0]:
+            batch["margin"] = torch.tensor([float(row["margin"]) for row in rows])
+        return batch
+
+    def _pad(self, sequences) -> dict[str, torch.Tensor]:
         width = max(len(ids) for ids, _ in sequences)
         input_ids = torch.full((len(sequences), width), self.pad_token_id)
         attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
         for i, (ids, mask) in enumerate(sequences):
             input_ids[i, :len(ids)] = torch.tensor(ids)
             attention_mask[i, :len(mask)] = torch.tensor(mask)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "margin" in rows[0]:
-            batch["margin"] = torch.tensor([float(row["margin"]) for row in rows])
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def _pack(self, sequences) -> dict[str, torch.Tensor]:
+        texts = [[t for t, m in zip(ids, mask, strict=True) if m] for ids, mask in sequences]
+        lengths = [len(text) for text in texts]
+        bins = best_fit_bins(lengths, max(self.capacity or sum(lengths), max(lengths)))
+        width = max(sum(lengths[i] for i in members) for members in bins)
+        input_ids = torch.full((len(bins), width), self.pad_token_id)
+        positions = torch.zeros((len(bins), width), dtype=torch.long)
+        last_token = torch.zeros(len(texts), dtype=torch.long)
+        for row, members in enumerate(bins):
+            offset = 0
+            for i in members:
+                input_ids[row, offset:offset + lengths[i]] = torch.tensor(texts[i])
+                positions[row, offset:offset + lengths[i]] = torch.arange(lengths[i])
+                last_token[i] = row * width + offset + _last_non_pad(texts[i], self.pad_token_id)
+                offset += lengths[i]
+        batch = {"input_ids": input_ids, "position_ids": positions, "last_token": last_token}
+        if self.boundaries and len(bins) == 1:
+            starts = (positions[0] == 0).nonzero().flatten()
+            cu_seq_lens = torch.cat([starts, torch.tensor([width])]).to(torch.int32)
+            longest = int(cu_seq_lens.diff().max())
+            batch.update(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=longest,
+                         max_length_k=longest)
         return batch
+
+
+def _last_non_pad(ids: list[int], pad_token_id: int) -> int:
+    """Where a sequence classifier pools: the last token that is not the pad token (the last one if all are)."""
+    for index in range(len(ids) - 1, -1, -1):
+        if ids[index] != pad_token_id:
+            return index
+    return len(ids) - 1
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -168,6 +265,20 @@ class RewardTrainer(Trainer):
         if getattr(args, "disable_dropout", True):
             disable_dropout(model)
 
+        padding_free = getattr(args, "padding_free", None)
+        # FSDP and DeepSpeed keep the score head's weight sharded outside the forward pass, where packing applies it
+        sharded = bool(args.fsdp) or args.deepspeed is not None
+        supported = padding_free is False or (not sharded and packed_rewards_supported(model, tokenizer.pad_token_id))
+        if padding_free and not supported:
+            raise ValueError(
+                f"padding_free=True, but this {model.config.model_type} model does not give the padded batch's rewards "
+                "on packed texts (no 'score' head, no hidden states, or attention that ignores position ids), or its "
+                "weights are sharded (FSDP, DeepSpeed): use padding_free=None")
+        self.padding_free = supported if padding_free is None else padding_free
+        varlen = has_varlen_attention(model)
+        collator = RewardCollator(tokenizer.pad_token_id, packed=self.padding_free,
+                                  capacity=None if varlen else max_length, boundaries=varlen)
+
         prepare = partial(prepare_preference_dataset, tokenizer=tokenizer, max_length=max_length)
         if train_dataset is not None:
             train_dataset = prepare(train_dataset, "train_dataset")
@@ -177,7 +288,7 @@ class RewardTrainer(Trainer):
             eval_dataset = prepare(eval_dataset, "eval_dataset")
 
         super().__init__(
-            model=model, args=args, data_collator=data_collator or RewardCollator(tokenizer.pad_token_id),
+            model=model, args=args, data_collator=data_collator or collator,
             train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
             compute_metrics=compute_metrics or reward_metrics, callbacks=callbacks, optimizers=optimizers)
 

@@ -10,11 +10,13 @@ Datasets, in the formats TRL documents:
   completion is learned (``completion_only_loss=False`` learns everything). Prompt and completion are tokenized
   separately, so the boundary is exact — no response-template string matching;
 - conversational: a ``messages`` column rendered with the tokenizer's chat template; only assistant turns are
-  learned, as the template's ``{% generation %}`` blocks mark them.
+  learned, as the template's ``{% generation %}`` blocks mark them;
+- pre-tokenized: an ``input_ids`` column (optionally ``completion_mask``, 1 = learn), trained as given.
 
 ``packing=True`` puts several whole documents in each row, with position ids restarting at every document and no
 attention mask: transformers' masking utilities (sdpa, eager, flex) and flash-attention's varlen path read that
 as separate sequences, so documents never attend to each other. The trainer checks the model honours it.
+``padding_free`` goes further and makes each batch one such row (no padding at all), for flash-attention.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -38,28 +41,78 @@ from rlhf_trainer.trainer.inputs import (
     resolve_tokenizer,
     to_dataset,
 )
+from rlhf_trainer.trainer.linear_cross_entropy import IGNORE_INDEX, linear_cross_entropy
 
-IGNORE_INDEX = -100
 SFT_COLUMNS = ["input_ids", "completion_mask", "position_ids"]
 
 
-def causal_lm_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def causal_lm_loss(model, inputs: dict[str, torch.Tensor], labels: torch.Tensor, chunked: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy over the labelled tokens, and how many there are.
 
-    The only place SFT turns the model's output into a loss; a fused or chunked version can replace it.
-    ``labels`` are aligned with ``input_ids`` (-100: not learned); position t predicts label t + 1.
+    ``labels`` are aligned with ``input_ids`` (-100: not learned); position t predicts label t + 1. ``chunked``
+    feeds only the labelled positions' last hidden states through the LM head, in chunks (`linear_cross_entropy`):
+    the [tokens, vocabulary] logits never exist. It needs a model whose logits are ``lm_head(last hidden state)``;
+    `chunked_loss_supported` checks that.
     """
-    logits = model(**inputs, use_cache=False).logits
     targets = labels[:, 1:]
+    learned = targets != IGNORE_INDEX
+    if chunked:
+        # Called through the model (not its decoder) so that DDP/FSDP wrappers and hooks see a normal forward;
+        # logits_to_keep=1 makes the LM head's own output one position long.
+        output = model(**inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+        head = output_layer(model)
+        loss = linear_cross_entropy(output.hidden_states[-1][:, :-1][learned], head.weight, targets[learned], head.bias)
+        return loss, learned.sum()
+    logits = model(**inputs, use_cache=False).logits
     loss = F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, (targets != IGNORE_INDEX).sum()
+    return loss, learned.sum()
+
+
+def output_layer(model) -> nn.Module:
+    """The LM head of a (DDP-wrapped, PEFT or plain) causal LM."""
+    while hasattr(model, "module"):  # DistributedDataParallel and similar wrappers
+        model = model.module
+    return model.get_output_embeddings()
+
+
+# Config fields of models whose logits are transformed after the LM head (Gemma 2/3, Cohere, Granite, Falcon-H1, ...).
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier",
+                    "output_multiplier")
+
+
+@torch.no_grad()
+def chunked_loss_supported(model) -> bool:
+    """Whether the chunked loss gives this model's plain loss: its LM head is a plain ``nn.Linear`` whose output
+    is the logits (no soft-capping or scaling after it; checked on the config and on a probe batch)."""
+    head = output_layer(model)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if (is_deepspeed_zero3_enabled() or type(head) is not nn.Linear
+            or any(getattr(config, name, None) not in (None, 1, 1.0) for name in LOGIT_TRANSFORMS)):
+        return False
+    device = head.weight.device
+    input_ids = torch.randint(0, head.weight.shape[0], (2, 8), generator=torch.Generator().manual_seed(0)).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        output = model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
+        ours = model(input_ids=input_ids, use_cache=False, output_hidden_states=True, logits_to_keep=1)
+    except (TypeError, ValueError):  # a forward without logits_to_keep or output_hidden_states
+        return False
+    finally:
+        model.train(was_training)
+    logits, recomputed = output.logits.float(), head(ours.hidden_states[-1]).float()
+    return bool((logits - recomputed).abs().max() <= 1e-3 * logits.abs().max() + 1e-6)
 
 
 def sft_columns(column_names, dataset_text_field: str | None = None) -> list[str]:
-    """The columns an SFT dataset trains from: the text field, ``messages``, or ``prompt`` + ``completion``."""
+    """The columns an SFT dataset trains from: the text field, ``messages``, ``prompt`` + ``completion``, or
+    pre-tokenized ``input_ids``."""
     if dataset_text_field is not None:
         return [dataset_text_field]
+    if "input_ids" in column_names:
+        return ["input_ids"]
     if "messages" in column_names:
         return ["messages"]
     if "prompt" in column_names and "completion" in column_names:
@@ -68,7 +121,7 @@ def sft_columns(column_names, dataset_text_field: str | None = None) -> list[str
         return ["text"]
     raise DatasetError(
         f"no column to train on in {list(column_names)}: pass dataset_text_field=<column> or formatting_func=..., "
-        "or use a dataset with a 'text', 'messages' or 'prompt' + 'completion' column")
+        "or use a dataset with a 'text', 'messages', 'prompt' + 'completion' or 'input_ids' column")
 
 
 def formatted_texts(dataset, formatting_func, name: str):
@@ -111,6 +164,12 @@ def tokenize_row(row: dict, index: int, *, tokenizer, columns: list[str], max_le
                 "a chat template that wraps assistant turns in {% generation %}...{% endgeneration %} (or pass "
                 "completion_only_loss=False to learn every token)",
                 column="messages", row=index)
+    elif columns == ["input_ids"]:  # pre-tokenized: trained as given, every token learned unless a mask says
+        ids = list(row["input_ids"])
+        mask = list(row["completion_mask"]) if row.get("completion_mask") is not None else [1] * len(ids)
+        if len(mask) != len(ids):
+            raise DatasetError(f"{name} row {index}: completion_mask has {len(mask)} values for {len(ids)} input_ids; "
+                               "give one per token", column="completion_mask", row=index)
     else:
         ids = _with_eos(tokenizer(row[columns[0]])["input_ids"], tokenizer)
         mask = [1] * len(ids)
@@ -182,11 +241,22 @@ def prepare_sft_dataset(dataset, name: str, *, tokenizer, dataset_text_field, fo
 @dataclass
 class SFTCollator:
     """Right-pads rows into a batch. ``labels`` are the tokens to learn, -100 elsewhere: prompts, padding, and the
-    first token of every document (nothing before it in the document predicts it)."""
+    first token of every document (nothing before it in the document predicts it).
+
+    ``flatten`` (padding-free) puts the whole batch in one row, position ids restarting at every document and no
+    padding at all: for attention with variable-length kernels (flash-attention), which reads each document apart.
+    ``boundaries`` adds those kernels' document boundaries (``cu_seq_lens_*``), sparing the model a device-to-host
+    sync per layer to find them.
+    """
 
     pad_token_id: int
+    flatten: bool = False
+    boundaries: bool = False
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if self.flatten:
+            rows = [{key: [value for row in rows for value in self._column(row, key)]
+                     for key in ("input_ids", "completion_mask", "position_ids")}]
         width = max(len(row["input_ids"]) for row in rows)
         input_ids = torch.full((len(rows), width), self.pad_token_id)
         learn = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -195,13 +265,30 @@ class SFTCollator:
             n = len(row["input_ids"])
             input_ids[i, :n] = torch.tensor(row["input_ids"])
             learn[i, :n] = torch.tensor(row["completion_mask"], dtype=torch.bool)
-            positions[i, :n] = torch.tensor(row["position_ids"]) if "position_ids" in row else torch.arange(n)
+            positions[i, :n] = torch.tensor(self._column(row, "position_ids"))
         labels = input_ids.masked_fill(~learn | (positions == 0), IGNORE_INDEX)
+        if self.flatten and self.boundaries:
+            starts = (positions[0] == 0).nonzero().flatten()
+            cu_seq_lens = torch.cat([starts, torch.tensor([width])]).to(torch.int32)
+            longest = int(cu_seq_lens.diff().max())
+            return {"input_ids": input_ids, "position_ids": positions, "labels": labels, "cu_seq_lens_q": cu_seq_lens,
+                    "cu_seq_lens_k": cu_seq_lens, "max_length_q": longest, "max_length_k": longest}
         if "position_ids" in rows[0]:
             return {"input_ids": input_ids, "position_ids": positions, "labels": labels}
         lengths = torch.tensor([len(row["input_ids"]) for row in rows])
         attention_mask = (torch.arange(width) < lengths[:, None]).long()
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    @staticmethod
+    def _column(row: dict, key: str) -> list[int]:
+        if key == "position_ids" and key not in row:
+            return list(range(len(row["input_ids"])))
+        return row[key]
+
+
+def has_varlen_attention(model) -> bool:
+    """Whether the model's attention runs padding-free batches with variable-length kernels (flash-attention)."""
+    return "flash" in str(getattr(model.config, "_attn_implementation", None) or "")
 
 
 @torch.no_grad()
@@ -231,6 +318,10 @@ class SFTTrainer(Trainer):
     ``processing_class``) defaults to the model's. ``max_seq_length`` defaults to the smallest of the tokenizer's
     ``model_max_length``, the model's positions and 1024; longer examples are cut. ``peft_config`` trains adapters
     only; ``neftune_noise_alpha`` adds NEFTune embedding noise; gradient checkpointing comes from ``args``.
+
+    Speed: ``chunked_loss`` (default: wherever it gives the plain loss) computes the LM head and the loss in
+    chunks over the learned tokens only, never the full [tokens, vocabulary] logits. ``padding_free`` (default:
+    with flash-attention) trains each batch as one row of documents with no padding.
     """
 
     def __init__(self, model=None, args: TrainingArguments | None = None, data_collator=None, train_dataset=None,
@@ -238,7 +329,8 @@ class SFTTrainer(Trainer):
                  optimizers=(None, None), peft_config=None, dataset_text_field: str | None = None,
                  formatting_func=None, max_seq_length: int | None = None, packing: bool = False,
                  completion_only_loss: bool = True, neftune_noise_alpha: float | None = None,
-                 model_init_kwargs: dict | None = None, dataset_num_proc: int | None = None):
+                 model_init_kwargs: dict | None = None, dataset_num_proc: int | None = None,
+                 padding_free: bool | None = None, chunked_loss: bool | None = None):
         if model is None:
             raise ValueError("SFTTrainer needs a model: a model object, a hub id or a local path")
         if isinstance(model, str | os.PathLike):
@@ -254,12 +346,22 @@ class SFTTrainer(Trainer):
             raise ValueError("the tokenizer has no EOS token, so the model could not learn to stop: set one with "
                              "tokenizer.add_special_tokens({'eos_token': ...})")
         self.max_seq_length = resolve_max_length(max_seq_length, tokenizer, model.config, "max_seq_length")
-        if packing:
+        self.padding_free = has_varlen_attention(model) if padding_free is None else padding_free
+        if packing or self.padding_free:
             check_documents_isolated(model)
         if peft_config is not None:
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
+        # FSDP and DeepSpeed keep the LM head's weight sharded outside the forward pass, where the chunked loss reads it
+        sharded = bool(args.fsdp) or args.deepspeed is not None
+        supported = chunked_loss is False or (not sharded and chunked_loss_supported(model))
+        if chunked_loss and not supported:
+            raise ValueError(
+                f"chunked_loss=True, but this {model.config.model_type} model's logits are not its LM head's output "
+                "(soft-capping or scaling after it, adapters on the head, or no logits_to_keep), or its weights are "
+                "sharded (FSDP, DeepSpeed): use chunked_loss=None")
+        self.chunked_loss = supported if chunked_loss is None else chunked_loss
 
         prepare = partial(
             prepare_sft_dataset, tokenizer=tokenizer, dataset_text_field=dataset_text_field,
@@ -273,7 +375,8 @@ class SFTTrainer(Trainer):
             eval_dataset = prepare(eval_dataset, "eval_dataset")
 
         super().__init__(
-            model=model, args=args, data_collator=data_collator or SFTCollator(tokenizer.pad_token_id),
+            model=model, args=args, data_collator=data_collator or SFTCollator(
+                tokenizer.pad_token_id, self.padding_free, has_varlen_attention(model)),
             train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
             callbacks=callbacks, optimizers=optimizers)
         # compute_loss divides by the tokens of the whole accumulated batch (num_items_in_batch) itself.
@@ -284,7 +387,7 @@ class SFTTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
-        loss_sum, num_tokens = causal_lm_loss(model, inputs, labels)
+        loss_sum, num_tokens = causal_lm_loss(model, inputs, labels, self.chunked_loss)
         if num_items_in_batch is None:
             loss = loss_sum / num_tokens.clamp(min=1)
         else:
