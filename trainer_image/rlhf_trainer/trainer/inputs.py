@@ -90,3 +90,15 @@ def resolve_tokenizer(processing_class, tokenizer, model):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model.config._name_or_path)
+
+
+def prepare_datasets(prepare, train_dataset, eval_dataset):
+    """``prepare(dataset, name)`` applied to the training data and to the evaluation data (one dataset or a dict
+    of named ones, as transformers' Trainer takes it)."""
+    if train_dataset is not None:
+        train_dataset = prepare(train_dataset, "train_dataset")
+    if isinstance(eval_dataset, dict):
+        eval_dataset = {key: prepare(data, f"eval_dataset[{key!r}]") for key, data in eval_dataset.items()}
+    elif eval_dataset is not None:
+        eval_dataset = prepare(eval_dataset, "eval_dataset")
+    return train_dataset, eval_dataset

@@ -26,6 +26,7 @@ from rlhf_trainer.trainer.inputs import (
     DatasetError,
     check_dataset,
     check_pad_token,
+    prepare_datasets,
     resolve_max_length,
     resolve_tokenizer,
     to_dataset,
@@ -280,12 +281,7 @@ class RewardTrainer(Trainer):
                                   capacity=None if varlen else max_length, boundaries=varlen)
 
         prepare = partial(prepare_preference_dataset, tokenizer=tokenizer, max_length=max_length)
-        if train_dataset is not None:
-            train_dataset = prepare(train_dataset, "train_dataset")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {key: prepare(data, f"eval_dataset[{key!r}]") for key, data in eval_dataset.items()}
-        elif eval_dataset is not None:
-            eval_dataset = prepare(eval_dataset, "eval_dataset")
+        train_dataset, eval_dataset = prepare_datasets(prepare, train_dataset, eval_dataset)
 
         super().__init__(
             model=model, args=args, data_collator=data_collator or collator,

@@ -37,6 +37,7 @@ from rlhf_trainer.trainer.inputs import (
     check_dataset,
     check_pad_token,
     is_blank,
+    prepare_datasets,
     resolve_max_length,
     resolve_tokenizer,
     to_dataset,
@@ -367,12 +368,7 @@ class SFTTrainer(Trainer):
             prepare_sft_dataset, tokenizer=tokenizer, dataset_text_field=dataset_text_field,
             formatting_func=formatting_func, max_length=self.max_seq_length, packing=packing,
             completion_only=completion_only_loss, num_proc=dataset_num_proc)
-        if train_dataset is not None:
-            train_dataset = prepare(train_dataset, "train_dataset")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {key: prepare(data, f"eval_dataset[{key!r}]") for key, data in eval_dataset.items()}
-        elif eval_dataset is not None:
-            eval_dataset = prepare(eval_dataset, "eval_dataset")
+        train_dataset, eval_dataset = prepare_datasets(prepare, train_dataset, eval_dataset)
 
         super().__init__(
             model=model, args=args, data_collator=data_collator or SFTCollator(
