@@ -1,12 +1,14 @@
 """A small PPO loop for `accelerate launch --num_processes 2 --cpu` (run by test_ppo_distributed.py).
 
-Prints one JSON line per process: its rank, its own sampled responses, the stats of each step and a checksum
-of the policy's parameters.
+Each process writes rank-<N>.json in the working directory (its own file: two processes sharing stdout can
+interleave their lines): its rank, its own sampled responses, the stats of each step and a checksum of the
+policy's parameters.
 """
 
 import json
 import sys
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -31,5 +33,5 @@ for _ in range(2):
                                                 "ppo/policy/approxkl", "objective/kl_coef")}
                  | {"kl_dist_len": len(stats["objective/kl_dist"])})
 checksum = sum(p.double().sum().item() for p in trainer.model.parameters())
-print(json.dumps({"rank": rank, "world": trainer.accelerator.num_processes, "sampled": sampled, "steps": steps,
-                  "checksum": checksum}), flush=True)
+Path(f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "world": trainer.accelerator.num_processes,
+                                                 "sampled": sampled, "steps": steps, "checksum": checksum}))

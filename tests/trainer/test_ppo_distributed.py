@@ -21,8 +21,7 @@ def test_ppo_loop_under_accelerate_launch_with_two_processes(tiny_model, tmp_pat
                "0", str(SCRIPT), tiny_model("tiny-gpt2")]
     result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    reports = sorted((json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")),
-                     key=lambda report: report["rank"])
+    reports = [json.loads(path.read_text()) for path in sorted(tmp_path.glob("rank-*.json"))]
     assert [(r["rank"], r["world"]) for r in reports] == [(0, 2), (1, 2)]
     rank0, rank1 = reports
     assert rank0["sampled"] != rank1["sampled"]  # each rank samples with its own seed
