@@ -4,7 +4,7 @@ creates nothing twice and loses no status."""
 import json
 from collections import Counter
 
-from harness import running_operator, wait_for, wait_idle
+from harness import running_operator, wait_idle
 from test_operator_lifecycle import NS, names, rlhfjob, run_stage
 
 from rlhf_operator.plan import make_plan
@@ -27,6 +27,7 @@ def test_an_operator_restarted_mid_stage_goes_on_without_duplicates_or_lost_stat
         token = cluster.cluster.issue_pod_token(NS, pod)
         assert first.push({"stage": "sft", "kind": "sft", "step": 10, "metrics": {"loss": 2.5}}, token)[0] == 200
         api.wait_phase(NS, "steady", "Running")
+        wait_idle(cluster)
 
     run_stage(api, "steady-sft")  # the stage finishes while no operator runs
     with running_operator(cluster, monkeypatch):
@@ -36,6 +37,7 @@ def test_an_operator_restarted_mid_stage_goes_on_without_duplicates_or_lost_stat
         wait_idle(cluster)
         run_stage(api, "steady-reward")
         api.wait_job(NS, "steady-ppo")
+        wait_idle(cluster)  # the Job exists before its status and Events are written: let the operator finish
 
     status = api.status(NS, "steady")
     assert status["stages"]["sft"]["phase"] == "Succeeded"
@@ -45,8 +47,6 @@ def test_an_operator_restarted_mid_stage_goes_on_without_duplicates_or_lost_stat
     assert names(cluster, "v1/configmaps") == ["steady-ppo", "steady-reward", "steady-sft"]
     assert names(cluster, "v1/persistentvolumeclaims") == ["steady-workspace"]
     # One StageStarted per stage: the restarts posted no event twice.
-    wait_for(lambda: api.event_reasons(NS, "steady").count("StageStarted") == 3, what="three StageStarted events")
-    wait_idle(cluster)
     assert api.event_reasons(NS, "steady").count("StageStarted") == 3
     assert all(count == 1 for (path, name), count in creates(cluster).items() if "/jobs" in path)
 
