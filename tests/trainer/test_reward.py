@@ -133,6 +133,21 @@ def test_lora_reward_model_trains_adapters_and_score_head_only(tiny_model, quick
     assert all("lora_" in name or "score" in name for name in changed)
 
 
+def test_the_new_score_head_and_adapters_are_initialised_from_the_seed(tiny_model, quick_args):
+    """A causal LM loaded as a reward model gets a fresh score head: args.seed decides it, so a rerun is the same."""
+    def initial_weights(seed: int, before: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(before)  # whatever the global generator held before must not matter
+        trainer = RewardTrainer(
+            tiny_model("tiny-gpt2"), train_dataset=PAIRS, args=quick_args(RewardConfig, max_steps=1, seed=seed),
+            peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], task_type="SEQ_CLS"))
+        return {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+
+    first, again, other = initial_weights(1, before=10), initial_weights(1, before=11), initial_weights(2, before=10)
+    assert any("score" in name for name in first) and any("lora_A" in name for name in first)
+    assert all(first[name].equal(again[name]) for name in first)
+    assert not all(first[name].equal(other[name]) for name in first)
+
+
 def test_lora_without_sequence_classification_task_is_refused(tiny_model, quick_args):
     with pytest.raises(ValueError, match="task_type='SEQ_CLS'"):
         RewardTrainer(tiny_model("tiny-gpt2-classifier"), args=quick_args(RewardConfig), train_dataset=PAIRS,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig
 
-from rlhf_trainer.core import LengthSampler
+from rlhf_trainer.core import LengthSampler, set_seed
 from rlhf_trainer.models import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
 from rlhf_trainer.rewards import vader_compound
 from rlhf_trainer.stage.config import Guardrails, PPOStageConfig
@@ -56,6 +56,7 @@ def dataset_columns(config: PPOStageConfig) -> list[tuple]:
 def run(ctx: StageContext) -> dict:
     config: PPOStageConfig = ctx.config
     tokenizer = load_tokenizer(config.policy, config.workspace)
+    set_seed(config.seed)  # a fresh value head (and adapters) are initialised as the policy loads
     policy = load_policy(config)
     trainer = PPOTrainer(config.config.model_copy(update=tracking(ctx)), policy, None, tokenizer,
                          num_shared_layers=config.num_shared_layers)

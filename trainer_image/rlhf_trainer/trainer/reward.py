@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
+from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments, set_seed
 
 from rlhf_trainer.trainer.inputs import (
     DatasetError,
@@ -247,6 +247,8 @@ class RewardTrainer(Trainer):
                  callbacks=None, optimizers=(None, None), peft_config=None, model_init_kwargs: dict | None = None):
         if model is None:
             raise ValueError("RewardTrainer needs a model: a model object, a hub id or a local path")
+        args = args if args is not None else RewardConfig()
+        set_seed(args.seed)  # before the new score head and adapters are initialised, not in Trainer.__init__ after
         if isinstance(model, str | os.PathLike):
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(model), **{"num_labels": 1, **(model_init_kwargs or {})})
@@ -255,7 +257,6 @@ class RewardTrainer(Trainer):
         if model.config.num_labels != 1:
             raise ValueError(f"a reward model gives one score per text: load it with num_labels=1 "
                              f"(this one has num_labels={model.config.num_labels})")
-        args = args if args is not None else RewardConfig()
         tokenizer = resolve_tokenizer(processing_class, tokenizer, model)
         check_pad_token(tokenizer)
         if model.config.pad_token_id is None:  # sequence classifiers find each text's last token by it

@@ -29,7 +29,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from rlhf_trainer.trainer.inputs import (
@@ -334,11 +334,12 @@ class SFTTrainer(Trainer):
                  padding_free: bool | None = None, chunked_loss: bool | None = None):
         if model is None:
             raise ValueError("SFTTrainer needs a model: a model object, a hub id or a local path")
+        args = args if args is not None else TrainingArguments()
+        set_seed(args.seed)  # before adapters are initialised, not in Trainer.__init__ after
         if isinstance(model, str | os.PathLike):
             model = AutoModelForCausalLM.from_pretrained(str(model), **(model_init_kwargs or {}))
         elif model_init_kwargs:
             raise ValueError("model_init_kwargs apply only when model is a hub id or path, not a model object")
-        args = args if args is not None else TrainingArguments()
         if neftune_noise_alpha is not None:
             args.neftune_noise_alpha = neftune_noise_alpha
         tokenizer = resolve_tokenizer(processing_class, tokenizer, model)
