@@ -32,16 +32,16 @@ def model_path(source: ModelSource, workspace: str) -> str:
 
 def _builtin_model_dir(name: str, workspace: str) -> str:
     """Builtin models are built once per workspace (deterministically), by the first process to need them."""
-    directory = Path(workspace) / ".builtin" / name
-    if not (directory / "config.json").is_file():
-        from rlhf_trainer.stage.runner import processes
-        from rlhf_trainer.tiny import save_builtin
+    from rlhf_trainer.stage.runner import processes
+    from rlhf_trainer.tiny import save_builtin
 
-        with processes().main_process_first():
-            if not (directory / "config.json").is_file():
-                tmp = directory.with_name(f"{name}.tmp-{os.getpid()}")
-                save_builtin(name, tmp)
-                os.replace(tmp, directory)
+    directory = Path(workspace) / ".builtin" / name
+    # Every process enters (it is a barrier): one that looked first and skipped it would leave the others waiting.
+    with processes().main_process_first():
+        if not (directory / "config.json").is_file():
+            tmp = directory.with_name(f"{name}.tmp-{os.getpid()}")
+            save_builtin(name, tmp)
+            os.replace(tmp, directory)
     return str(directory)
 
 
