@@ -4,7 +4,7 @@ import json
 import signal
 import time
 
-from conftest import SFT, run_stage, start_stage, tiny_spec
+from stage_helpers import SFT, run_stage, start_stage, tiny_spec
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhf_trainer.stage.workspace import StageDir, read_metrics
