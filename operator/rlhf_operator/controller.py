@@ -61,6 +61,10 @@ TTL_EXPIRED = "TTLExpired"
 CHILD_KINDS = ("Job", "Service", "ConfigMap", "PersistentVolumeClaim")
 
 
+class StatusChanged(Exception):
+    """The RLHFJob changed between reading it and writing its status."""
+
+
 class Controller:
     def __init__(self, kube: Kube, settings: OperatorSettings, metrics: Metrics,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
@@ -75,6 +79,12 @@ class Controller:
 
     async def reconcile(self, namespace: str, name: str) -> float | None:
         """Bring one RLHFJob one step closer to done; returns when to look again (seconds) or None."""
+        try:
+            return await self._reconcile(namespace, name)
+        except StatusChanged:
+            return 0.0  # decided on a stale read: decide again on a fresh one
+
+    async def _reconcile(self, namespace: str, name: str) -> float | None:
         body = await self.kube.get_rlhfjob(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.queue.forget((namespace, name))
@@ -208,7 +218,15 @@ class Controller:
         if not patch:
             return
         meta = body["metadata"]
-        await self.kube.patch_rlhfjob_status(meta["namespace"], meta["name"], patch)
+        try:
+            written = await self.kube.patch_rlhfjob_status(meta["namespace"], meta["name"], patch,
+                                                           meta.get("resourceVersion"))
+        except ApiError as e:
+            # e.g. a trainer pushed the guardrail that ended its stage after this read: never write over it
+            if e.status == 409:
+                raise StatusChanged from e
+            raise
+        meta["resourceVersion"] = written["metadata"]["resourceVersion"]
         for event in transitions(old, new):
             await self.kube.post_event(body, event)
         for stage, phase, seconds in finished_stages(old, new):

@@ -90,11 +90,15 @@ class Kube:
         call = self._custom.get_namespaced_custom_object_without_preload_content
         return await _absent_is_none(call(GROUP, VERSION, namespace, PLURAL, name))
 
-    async def patch_rlhfjob_status(self, namespace: str, name: str, status: dict) -> dict:
-        """Merge-patch ``status`` into the RLHFJob's status, through the status subresource."""
+    async def patch_rlhfjob_status(self, namespace: str, name: str, status: dict,
+                                   resource_version: str | None = None) -> dict:
+        """Merge-patch ``status`` into the RLHFJob's status, through the status subresource. With
+        ``resource_version``, only if the RLHFJob has not changed since (else ApiError 409)."""
         call = self._custom.patch_namespaced_custom_object_status_without_preload_content
-        return await _json(await call(GROUP, VERSION, namespace, PLURAL, name, {"status": status},
-                                      _content_type=MERGE_PATCH))
+        body = {"status": status}
+        if resource_version is not None:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return await _json(await call(GROUP, VERSION, namespace, PLURAL, name, body, _content_type=MERGE_PATCH))
 
     # --- built-in objects -----------------------------------------------------------------------------------
 

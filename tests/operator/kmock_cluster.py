@@ -107,6 +107,8 @@ class Cluster(kmock.KubernetesEmulator):
             if request.action == kmock.action.CREATE:
                 self._prepare_create(request)
             elif request.action == kmock.action.UPDATE and request.name is not None:
+                if conflict := self._stale(request):
+                    return conflict
                 self._prepare_patch(request)
         response = await super()._handle(request)
         if resource is not None and request.action == kmock.action.CREATE and response.status == 200:
@@ -136,6 +138,17 @@ class Cluster(kmock.KubernetesEmulator):
         self._live.add(meta["uid"])
         if self._has_status_subresource(request.resource):
             data.pop("status", None)
+
+    def _stale(self, request: kmock.Request) -> aiohttp.web.Response | None:
+        """409 Conflict for a merge patch that names a resourceVersion the object has moved on from."""
+        given = (request.data.get("metadata") or {}).get("resourceVersion") if isinstance(request.data, dict) else None
+        stored = self._find(request.resource, request.namespace, request.name)
+        if given is None or stored is None or stored.deleted or stored.raw["metadata"]["resourceVersion"] == given:
+            return None
+        message = (f"Operation cannot be fulfilled on {request.resource.plural} \"{request.name}\": the object has "
+                   "been modified; please apply your changes to the latest version and try again")
+        return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                          "message": message, "reason": "Conflict", "code": 409}, status=409)
 
     def _prepare_patch(self, request: kmock.Request) -> None:
         version = str(next(self._versions))

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import wait_for, wait_idle
+from harness import now, wait_for, wait_idle
 
 from rlhf_operator import controller
+from rlhf_operator.api import GROUP, PLURAL, VERSION
+from rlhf_operator.status import progress_patch
 from rlhf_trainer.stage.report import HttpReporter, Reporter
 
 ROOT = Path(__file__).parents[2]
@@ -298,6 +300,32 @@ def test_a_guardrail_that_ended_ppo_early_is_the_reason_in_the_condition_and_an_
     succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
     assert succeeded["reason"] == "MaxKl" and "ended the stage at step 17" in succeeded["message"]
     wait_events(api, "drifty", "GuardrailStopped")
+
+
+def test_a_guardrail_pushed_between_the_operators_read_and_write_is_not_written_over(cluster, api, operator,
+                                                                                       monkeypatch):
+    api.create_rlhfjob(NS, rlhfjob("racy"))
+    for stage in ("sft", "reward"):
+        run_stage(api, api.wait_job(NS, f"racy-{stage}")["metadata"]["name"])
+    api.wait_job(NS, "racy-ppo")
+    api.start_job(NS, "racy-ppo")
+    wait_idle(cluster)
+    last = {"stage": "ppo", "kind": "ppo", "step": 17, "totalSteps": 40, "result": {"reason": "max_kl", "steps": 17}}
+    advance, pushed = controller.Controller._advance, []
+
+    async def advance_then_push(self, body, spec, plan):
+        """The trainer's last push lands after the operator read the RLHFJob and saw the Job complete."""
+        runs, recheck = await advance(self, body, spec, plan)
+        if runs[-1].state is not None and runs[-1].state.phase == "Succeeded" and not pushed:
+            pushed.append(api.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, NS, PLURAL, "racy", {"status": progress_patch(last, now())}))
+        return runs, recheck
+
+    monkeypatch.setattr(controller.Controller, "_advance", advance_then_push)
+    api.complete_job(NS, "racy-ppo")
+    status = api.wait_phase(NS, "racy", "Succeeded")
+    assert pushed  # the write decided on the stale read was refused (409) and decided again on a fresh one
+    assert status["stages"]["ppo"]["reason"] == "MaxKl"
 
 
 def test_a_rlhfjob_recreated_under_the_same_name_waits_for_the_old_ones_jobs_to_go(cluster, api, operator):
