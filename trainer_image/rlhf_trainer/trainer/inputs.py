@@ -3,7 +3,7 @@ errors that say what is wrong, where (column, row) and what to do."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 DEFAULT_MAX_LENGTH = 1024
 
@@ -102,3 +102,14 @@ def prepare_datasets(prepare, train_dataset, eval_dataset):
     elif eval_dataset is not None:
         eval_dataset = prepare(eval_dataset, "eval_dataset")
     return train_dataset, eval_dataset
+
+
+def resolve_fast_path(name: str, requested: bool | None, args, works: Callable[[], bool], why_not: str) -> bool:
+    """Whether to take an optional fast path: ``requested`` None takes it where it ``works()``, True insists (a
+    clear error where it cannot), False declines. FSDP and DeepSpeed keep the weights it reads sharded outside the
+    forward pass, so it never works under them."""
+    sharded = bool(args.fsdp) or args.deepspeed is not None
+    supported = requested is False or (not sharded and works())
+    if requested and not supported:
+        raise ValueError(f"{name}=True, but {why_not}, or its weights are sharded (FSDP, DeepSpeed): use {name}=None")
+    return supported if requested is None else requested

@@ -27,6 +27,7 @@ from rlhf_trainer.trainer.inputs import (
     check_dataset,
     check_pad_token,
     prepare_datasets,
+    resolve_fast_path,
     resolve_max_length,
     resolve_tokenizer,
     to_dataset,
@@ -267,16 +268,11 @@ class RewardTrainer(Trainer):
         if getattr(args, "disable_dropout", True):
             disable_dropout(model)
 
-        padding_free = getattr(args, "padding_free", None)
-        # FSDP and DeepSpeed keep the score head's weight sharded outside the forward pass, where packing applies it
-        sharded = bool(args.fsdp) or args.deepspeed is not None
-        supported = padding_free is False or (not sharded and packed_rewards_supported(model, tokenizer.pad_token_id))
-        if padding_free and not supported:
-            raise ValueError(
-                f"padding_free=True, but this {model.config.model_type} model does not give the padded batch's rewards "
-                "on packed texts (no 'score' head, no hidden states, or attention that ignores position ids), or its "
-                "weights are sharded (FSDP, DeepSpeed): use padding_free=None")
-        self.padding_free = supported if padding_free is None else padding_free
+        self.padding_free = resolve_fast_path(
+            "padding_free", getattr(args, "padding_free", None), args,
+            lambda: packed_rewards_supported(model, tokenizer.pad_token_id),
+            f"this {model.config.model_type} model does not give the padded batch's rewards on packed texts (no "
+            "'score' head, no hidden states, or attention that ignores position ids)")
         varlen = has_varlen_attention(model)
         collator = RewardCollator(tokenizer.pad_token_id, packed=self.padding_free,
                                   capacity=None if varlen else max_length, boundaries=varlen)

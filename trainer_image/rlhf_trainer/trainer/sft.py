@@ -38,6 +38,7 @@ from rlhf_trainer.trainer.inputs import (
     check_pad_token,
     is_blank,
     prepare_datasets,
+    resolve_fast_path,
     resolve_max_length,
     resolve_tokenizer,
     to_dataset,
@@ -355,15 +356,10 @@ class SFTTrainer(Trainer):
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
-        # FSDP and DeepSpeed keep the LM head's weight sharded outside the forward pass, where the chunked loss reads it
-        sharded = bool(args.fsdp) or args.deepspeed is not None
-        supported = chunked_loss is False or (not sharded and chunked_loss_supported(model))
-        if chunked_loss and not supported:
-            raise ValueError(
-                f"chunked_loss=True, but this {model.config.model_type} model's logits are not its LM head's output "
-                "(soft-capping or scaling after it, adapters on the head, or no logits_to_keep), or its weights are "
-                "sharded (FSDP, DeepSpeed): use chunked_loss=None")
-        self.chunked_loss = supported if chunked_loss is None else chunked_loss
+        self.chunked_loss = resolve_fast_path(
+            "chunked_loss", chunked_loss, args, lambda: chunked_loss_supported(model),
+            f"this {model.config.model_type} model's logits are not its LM head's output (soft-capping or scaling "
+            "after it, adapters on the head, or no logits_to_keep)")
 
         prepare = partial(
             prepare_sft_dataset, tokenizer=tokenizer, dataset_text_field=dataset_text_field,
