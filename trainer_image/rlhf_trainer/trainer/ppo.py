@@ -44,6 +44,7 @@ from rlhf_trainer.core import (
 from rlhf_trainer.models import PreTrainedModelWrapper, create_reference_model
 from rlhf_trainer.trainer.generation import fast_sampling_settings, sample_tokens
 from rlhf_trainer.trainer.ppo_config import PPOConfig
+from rlhf_trainer.trainer.utils import disable_dropout_in_model
 
 CHECKPOINT_WEIGHTS, CHECKPOINT_STATE = "trainable.safetensors", "trainer_state.pt"
 
@@ -98,9 +99,9 @@ class PPOTrainer:
             ref_model = None if self.is_peft_model else create_reference_model(model, num_shared_layers)
         elif num_shared_layers is not None:
             warnings.warn("num_shared_layers is ignored when a ref_model is given", stacklevel=2)
-        _disable_dropout(model)
+        disable_dropout_in_model(model)
         if ref_model is not None:
-            _disable_dropout(ref_model)
+            disable_dropout_in_model(ref_model)
         self.model = model  # wrapped by accelerate below
         self.tokenizer = tokenizer
         self.data_collator = data_collator or collate_as_lists
@@ -641,16 +642,6 @@ def _pad(sequences: list[torch.Tensor], pad_id: int, side: str) -> tuple[torch.T
     lengths = torch.tensor([len(s) for s in sequences], device=ids.device)[:, None]
     positions = torch.arange(ids.shape[1], device=ids.device)
     return ids, positions >= ids.shape[1] - lengths if side == "left" else positions < lengths
-
-
-def _disable_dropout(model: nn.Module) -> None:
-    """Switch every dropout off, module or float attribute (OPT/Llama use functional dropout, OPT layerdrop)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.dropout._DropoutNd):
-            module.p = 0.0
-        for name, value in vars(module).items():
-            if "drop" in name and isinstance(value, float):
-                setattr(module, name, 0.0)
 
 
 def _accepts(model: nn.Module, argument: str) -> bool:

@@ -33,6 +33,7 @@ from rlhf_trainer.trainer.inputs import (
     to_dataset,
 )
 from rlhf_trainer.trainer.sft import best_fit_bins, has_varlen_attention
+from rlhf_trainer.trainer.utils import disable_dropout_in_model
 
 TOKENIZED_COLUMNS = ["input_ids_chosen", "attention_mask_chosen", "input_ids_rejected", "attention_mask_rejected"]
 REWARD_COLUMNS = [*TOKENIZED_COLUMNS, "margin"]
@@ -229,12 +230,6 @@ def _last_non_pad(ids: list[int], pad_token_id: int) -> int:
     return len(ids) - 1
 
 
-def disable_dropout(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-
-
 class RewardTrainer(Trainer):
     """Trains ``AutoModelForSequenceClassification(num_labels=1)`` on preference pairs (TRL v0.7's arguments).
 
@@ -266,7 +261,7 @@ class RewardTrainer(Trainer):
         if peft_config is not None:
             model = _peft_sequence_classifier(model, peft_config)
         if getattr(args, "disable_dropout", True):
-            disable_dropout(model)
+            disable_dropout_in_model(model)
 
         self.padding_free = resolve_fast_path(
             "padding_free", getattr(args, "padding_free", None), args,

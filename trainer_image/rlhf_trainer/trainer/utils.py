@@ -1,0 +1,173 @@
+"""What the trainers share: loading a model and its tokenizer as TRL 1.x does, switching dropout off, the frozen
+reference a policy is compared with, and per-token log-probs of completions.
+
+The TRL-1.x-style trainers (GRPO, DPO) load ``model`` from a hub id, a path or take a model object; the reference
+is a frozen copy of the policy as constructed, or, under PEFT, the same model with its adapters switched off (or a
+frozen copy of a trained adapter, ``"ref"``), never a second full model.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+REF_ADAPTER = "ref"
+
+
+def disable_dropout_in_model(model: nn.Module) -> None:
+    """Switch every dropout off: ``nn.Dropout`` modules and float ``*drop*`` attributes (functional dropout, e.g.
+    OPT's ``dropout``/``layerdrop`` and Llama's ``attention_dropout``), so a model's outputs are the same call to
+    call in train mode."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "drop" in name and isinstance(value, float):
+                setattr(module, name, 0.0)
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether any dropout of the model is on (see ``disable_dropout_in_model``)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return True
+        if any("drop" in name and isinstance(value, float) and value > 0 for name, value in vars(module).items()):
+            return True
+    return False
+
+
+def load_causal_lm(model, model_init_kwargs: dict | None = None, auto_class=None) -> nn.Module:
+    """``model`` itself, or the model a hub id or path names, loaded with the architecture its config names
+    (``model_init_kwargs`` passed on; float32 unless they give a ``dtype``)."""
+    if not isinstance(model, str | os.PathLike):
+        if model_init_kwargs:
+            raise ValueError("model_init_kwargs apply only when model is a hub id or path, not a model object")
+        return model
+    if auto_class is None:
+        from transformers import AutoModelForCausalLM as auto_class
+    kwargs = dict(model_init_kwargs or {})
+    dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    return auto_class.from_pretrained(str(model), dtype=dtype if dtype is not None else torch.float32, **kwargs)
+
+
+def load_processing_class(model: nn.Module, processing_class=None, padding_side: str | None = None):
+    """The tokenizer given, else the model's own (from ``config._name_or_path``); a missing pad token becomes EOS,
+    and ``padding_side`` is set when given."""
+    if processing_class is None:
+        name = getattr(model.config, "_name_or_path", None)
+        if not name:
+            raise ValueError("pass processing_class=...: the model was not loaded from a name or path to load one from")
+        from transformers import AutoTokenizer
+
+        processing_class = AutoTokenizer.from_pretrained(name)
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps its tokenizer
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad nor an EOS token: set tokenizer.pad_token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if padding_side is not None:
+        tokenizer.padding_side = padding_side
+    return processing_class
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+class Reference:
+    """The frozen model a policy's log-probs are compared with.
+
+    ``Reference.of(policy)`` makes it: a frozen eval-mode copy of the policy as it is now; for a PEFT policy no copy
+    but the same model with its adapters switched off, or, when the policy's adapter is already trained
+    (``trained_adapter=True``), a frozen copy of that adapter as adapter ``"ref"``. ``ref_model`` uses that model.
+    ``with reference.model() as m:`` gives the module to run a (no-grad) reference forward pass with.
+    """
+
+    def __init__(self, module: nn.Module | None, policy: nn.Module | None = None, adapter: str | None = None):
+        self.module, self.policy, self.adapter = module, policy, adapter
+
+    @classmethod
+    def of(cls, policy: nn.Module, ref_model: nn.Module | None = None, trained_adapter: bool = False) -> Reference:
+        if ref_model is not None:
+            if ref_model is policy:
+                raise ValueError("ref_model must not be the same object as model: pass a copy, or None for a "
+                                 "frozen copy of the model")
+            return cls(_frozen(ref_model))
+        if not is_peft_model(policy):
+            return cls(_frozen(copy.deepcopy(policy)))
+        if not trained_adapter:
+            return cls(None, policy)
+        active = policy.active_adapter
+        policy.add_adapter(REF_ADAPTER, policy.peft_config[active])
+        trained = {name: p for name, p in policy.named_parameters() if f".{active}." in name}
+        with torch.no_grad():
+            for name, parameter in policy.named_parameters():
+                if f".{REF_ADAPTER}." in name:
+                    parameter.copy_(trained[name.replace(f".{REF_ADAPTER}.", f".{active}.")])
+                    parameter.requires_grad_(False)
+        policy.set_adapter(active)  # adding an adapter does not activate it; keep the trained one trainable
+        return cls(None, policy, REF_ADAPTER)
+
+    @property
+    def is_separate_model(self) -> bool:
+        """Whether the reference is a model of its own (to place on devices), not the policy's adapters off."""
+        return self.module is not None
+
+    @contextmanager
+    def model(self):
+        if self.module is not None:
+            yield self.module
+        elif self.adapter is None:
+            with self.policy.disable_adapter():
+                yield self.policy
+        else:
+            active = self.policy.active_adapter
+            self.policy.set_adapter(self.adapter, inference_mode=True)
+            try:
+                yield self.policy
+            finally:
+                self.policy.set_adapter(active)
+
+
+def _frozen(model: nn.Module) -> nn.Module:
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``log_softmax(logits / temperature)`` at ``labels``, [..., V] -> [...], in fp32, one row block at a time so
+    that no second [..., V] tensor is built."""
+    rows, vocab = logits.reshape(-1, logits.shape[-1]), logits.shape[-1]
+    flat = labels.reshape(-1)
+    out = torch.empty(flat.shape, dtype=torch.float32, device=logits.device)
+    step = max(1, 2**22 // vocab)  # ~16 MiB of fp32 logits at a time
+    for start in range(0, len(rows), step):
+        block = rows[start:start + step].float()
+        if temperature != 1.0:
+            block = block / temperature
+        out[start:start + step] = block.gather(-1, flat[start:start + step, None]).squeeze(-1) - block.logsumexp(-1)
+    return out.view(labels.shape)
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of ``softmax(logits / temperature)`` per position, [..., V] -> [...], in fp32, by row blocks."""
+    rows, vocab = logits.reshape(-1, logits.shape[-1]), logits.shape[-1]
+    out = torch.empty(rows.shape[0], dtype=torch.float32, device=logits.device)
+    step = max(1, 2**22 // vocab)
+    for start in range(0, len(rows), step):
+        block = rows[start:start + step].float()
+        if temperature != 1.0:
+            block = block / temperature
+        log_p = block.log_softmax(-1)
+        out[start:start + step] = -(log_p.exp() * log_p).sum(-1)
+    return out.view(logits.shape[:-1])
