@@ -1,9 +1,16 @@
-"""The PPO math as small tensor functions (see shared/reference/ppo.md), plus sampling and seeding helpers."""
+"""The PPO math as small tensor functions (see docs/algorithms/ppo.md), plus sampling and seeding helpers.
+
+Every public name of TRL v0.7's ``trl.core`` is here with its signature and numbers, so that
+``from trl.core import ...`` becomes ``from rlhf_trainer.core import ...`` and nothing else changes.
+"""
 
 from __future__ import annotations
 
+import gc
+import numbers
 import random
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -11,6 +18,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 KL_PENALTIES = ("kl", "abs", "mse", "full")
+WANDB_PADDING = -1  # what stack_dicts fills ragged rows with (TRL's name)
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor, gather: bool = True) -> torch.Tensor:
@@ -41,6 +49,13 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
     return variance
 
 
+def whiten(values: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Standardise all of ``values`` (unbiased variance); keep their mean when ``shift_mean`` is False."""
+    mean, var = values.mean(), values.var()
+    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    return whitened if shift_mean else whitened + mean
+
+
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     """Standardise ``values`` over ``mask`` (unbiased variance); keep their mean when ``shift_mean`` is False."""
     mean, var = masked_mean(values, mask), masked_var(values, mask)
@@ -54,9 +69,11 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
 
 
-def clip_by_value(x: torch.Tensor, low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:
-    """Clamp ``x`` element-wise between ``low`` and ``high`` (each a tensor or a number)."""
-    return torch.maximum(torch.minimum(x, torch.as_tensor(high, dtype=x.dtype)), torch.as_tensor(low, dtype=x.dtype))
+def clip_by_value(x: torch.Tensor, tensor_min: torch.Tensor | float, tensor_max: torch.Tensor | float
+                  ) -> torch.Tensor:
+    """Clamp ``x`` element-wise between ``tensor_min`` and ``tensor_max`` (each a tensor or a number)."""
+    high, low = torch.as_tensor(tensor_max, dtype=x.dtype), torch.as_tensor(tensor_min, dtype=x.dtype)
+    return torch.maximum(torch.minimum(x, high), low)
 
 
 def kl_per_token(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mode: str = "kl") -> torch.Tensor:
@@ -166,21 +183,50 @@ def flatten_dict(nested: Mapping, sep: str = "/", prefix: str = "") -> dict:
     return flat
 
 
-def stack_dicts(dicts: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack a list of same-keyed tensor dicts into one dict of [N, ...] tensors (ragged ones padded with NaN)."""
+def convert_to_scalar(stats: Mapping) -> dict:
+    """One-element tensors and arrays (0-d or shape [1]) to Python numbers, as scalar-only loggers need."""
+    return {key: value.item() if isinstance(value, torch.Tensor | np.ndarray) and value.shape in ((), (1,)) else value
+            for key, value in stats.items()}
+
+
+def stack_dicts(stats_dicts: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack same-keyed tensor dicts into one dict of [N, L] rows (each flattened, ragged ones padded with -1)."""
     return {
-        key: pad_sequence([torch.flatten(d[key]) for d in dicts], batch_first=True, padding_value=float("nan"))
-        for key in dicts[0]
+        key: pad_sequence([torch.flatten(d[key]) for d in stats_dicts], batch_first=True, padding_value=WANDB_PADDING)
+        for key in stats_dicts[0]
     }
 
 
-def stats_to_np(stats: Mapping) -> dict:
-    """Tensors to numpy arrays (0-d ones to Python floats), for loggers."""
+def add_suffix(input_dict: Mapping, suffix: str) -> dict:
+    """``{"loss": 1}, "/mean"`` -> ``{"loss/mean": 1}``."""
+    return {key + suffix: value for key, value in input_dict.items()}
+
+
+def pad_to_size(tensor: torch.Tensor, size: int, dim: int = 1, padding: int = 50256) -> torch.Tensor:
+    """Pad ``tensor`` at the end of ``dim`` with ``padding`` (GPT-2's EOS by default) until it is ``size`` long."""
+    missing = size - tensor.shape[dim]
+    if missing < 0:
+        raise ValueError(f"pad_to_size: the tensor is already {tensor.shape[dim]} long in dim {dim}, over size {size}")
+    fill_shape = list(tensor.shape)
+    fill_shape[dim] = missing
+    return torch.cat([tensor, tensor.new_full(fill_shape, padding)], dim=dim)
+
+
+def average_torch_dicts(list_of_dicts: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Element-wise mean, key by key, of same-keyed dicts of same-shaped tensors."""
+    return {key: torch.stack([d[key] for d in list_of_dicts]).mean(0) for key in list_of_dicts[0]}
+
+
+def stats_to_np(stats_dict: Mapping) -> dict:
+    """Tensors to numpy arrays of the same dtype (bfloat16 to float32); numbers and 0-d tensors to Python floats."""
     converted = {}
-    for key, value in stats.items():
+    for key, value in stats_dict.items():
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu()
-            value = value.item() if value.ndim == 0 else value.float().numpy()
+            value = value.float() if value.dtype == torch.bfloat16 else value
+            value = float(value) if value.ndim == 0 else value.numpy()
+        elif isinstance(value, numbers.Real):
+            value = float(value)
         converted[key] = value
     return converted
 
@@ -233,3 +279,51 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def free_accelerator_memory() -> None:
+    """Collect garbage and hand the accelerator's cached, unused memory back to its driver (a no-op on CPU)."""
+    if torch.accelerator.is_available():
+        gc.collect()
+        torch.accelerator.empty_cache()
+
+
+class PPODecorators:
+    """``@PPODecorators.empty_device_cache()`` or ``with``: frees memory after the block if ``optimize_device_cache``."""
+
+    optimize_device_cache = False
+
+    @classmethod
+    @contextmanager
+    def empty_device_cache(cls):
+        """Run the block, then free cached accelerator memory if ``optimize_device_cache`` is on."""
+        try:
+            yield
+        finally:
+            if cls.optimize_device_cache:
+                free_accelerator_memory()
+
+
+def randn_tensor(shape: tuple | list, generator: torch.Generator | list[torch.Generator] | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 layout: torch.layout | None = None) -> torch.Tensor:
+    """Standard normal noise of ``shape`` on ``device``; with a list of generators, row ``i`` comes from the i-th."""
+    device = torch.device(device or "cpu")
+    layout = layout or torch.strided
+    if isinstance(generator, list | tuple) and len(generator) == 1:
+        generator = generator[0]
+    generators = generator if isinstance(generator, list | tuple) else [generator]
+    draw_on = device
+    if generators[0] is not None:
+        generator_device = generators[0].device
+        if generator_device.type == "cpu":  # draw on the CPU, then move: a seed gives the same noise everywhere
+            draw_on = generator_device
+        elif generator_device.type != device.type:
+            raise ValueError(f"randn_tensor: a {generator_device.type} generator cannot make a {device.type} tensor")
+    if isinstance(generator, list | tuple):
+        if len(generator) != shape[0]:
+            raise ValueError(f"randn_tensor: {len(generator)} generators for a batch of {shape[0]}; give one per row")
+        row_shape = (1, *shape[1:])
+        rows = [torch.randn(row_shape, generator=g, device=draw_on, dtype=dtype, layout=layout) for g in generator]
+        return torch.cat(rows).to(device)
+    return torch.randn(shape, generator=generator, device=draw_on, dtype=dtype, layout=layout).to(device)
