@@ -14,7 +14,7 @@ from ppo_helpers import (
 )
 
 from rlhf_trainer import PPOConfig, PPOTrainer
-from rlhf_trainer.core import masked_var
+from rlhf_trainer.core import PPODecorators, masked_var
 
 STATS_KEYS = [
     "objective/kl", "objective/kl_dist", "objective/logprobs", "objective/ref_logprobs", "objective/kl_coef",
@@ -249,6 +249,22 @@ def test_early_stopping_ends_the_epochs(tiny_model, tiny_tokenizer):
     stats = trainer.step(qs, rs, [torch.tensor(s) for s in (1.0, -1.0, 2.0, 0.0)])
     assert len(steps) == 2  # one epoch of two mini batches, then the policy KL is over 1.5 * target_kl
     assert len(stats["ppo/policy/ratio"]) == 4 * 6
+
+
+def test_optimize_device_cache_frees_memory_between_phases(tiny_model, tiny_tokenizer, monkeypatch):
+    import rlhf_trainer.trainer.ppo as ppo_module
+
+    freed = []
+    monkeypatch.setattr(ppo_module, "free_accelerator_memory", lambda: freed.append(1))
+    monkeypatch.setattr(PPODecorators, "optimize_device_cache", False)
+    trainer = make_trainer(tiny_model("tiny-gpt2"), tiny_tokenizer, ppo_epochs=1, optimize_device_cache=True)
+    assert PPODecorators.optimize_device_cache  # as in TRL: a subclass's decorated methods follow the config
+    qs, rs = rollout(trainer, tiny_tokenizer, 4)
+    trainer.step(qs, rs, scores_of(4))
+    assert len(freed) == 2  # after the rollout pass and after the optimisation
+    trainer.config.optimize_device_cache = False
+    trainer.step(qs, rs, scores_of(4))
+    assert len(freed) == 2
 
 
 def test_max_grad_norm_bounds_the_update(tiny_model, tiny_tokenizer):

@@ -6,7 +6,6 @@ window: ``[batch, R]`` with ``R`` the longest response, value ``t`` paired with 
 
 from __future__ import annotations
 
-import gc
 import inspect
 import math
 import random
@@ -28,11 +27,13 @@ from torch.utils.data import DataLoader
 from rlhf_trainer.core import (
     AdaptiveKLController,
     FixedKLController,
+    PPODecorators,
     RunningMoments,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
     flatten_dict,
+    free_accelerator_memory,
     gae,
     kl_per_token,
     logprobs_from_logits,
@@ -92,6 +93,8 @@ class PPOTrainer:
             log_with=config.log_with, project_config=ProjectConfiguration(**config.project_kwargs),
             **config.accelerator_kwargs)
         set_seed(config.seed + self.accelerator.process_index)  # each process samples differently
+        # as in TRL: methods a subclass decorates with PPODecorators.empty_device_cache() follow this config
+        PPODecorators.optimize_device_cache = config.optimize_device_cache
 
         self.is_encoder_decoder = model.is_encoder_decoder
         self.is_peft_model = model.is_peft_model
@@ -596,9 +599,8 @@ class PPOTrainer:
 
     def _free_device_cache(self) -> None:
         """With optimize_device_cache, hand cached accelerator memory back between the phases of a step."""
-        if self.config.optimize_device_cache and torch.cuda.is_available():
-            gc.collect()
-            torch.cuda.empty_cache()
+        if self.config.optimize_device_cache:
+            free_accelerator_memory()
 
     def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """All processes' values of a 1-D tensor, concatenated (lengths may differ between processes)."""
