@@ -1,4 +1,4 @@
-"""PPOTrainer: the PPO step of shared/reference/ppo.md (TRL v0.7's algorithm and API) on top of accelerate.
+"""PPOTrainer: the PPO step of docs/algorithms/ppo.md (TRL v0.7's algorithm and API) on top of accelerate.
 
 ``step`` reads as the reference's ten steps, one helper each. Tensors of a step are laid out over the response
 window: ``[batch, R]`` with ``R`` the longest response, value ``t`` paired with the log-prob of response token ``t``.
