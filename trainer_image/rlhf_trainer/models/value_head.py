@@ -1,4 +1,4 @@
-"""Language models with a scalar value head, as PPO needs them (shared/reference/ppo.md, "Models")."""
+"""Language models with a scalar value head, as PPO needs them (docs/algorithms/ppo.md, "Models")."""
 
 from __future__ import annotations
 
