@@ -1,7 +1,8 @@
 """The PPO math as small tensor functions (see docs/algorithms/ppo.md), plus sampling and seeding helpers.
 
 Every public name of TRL v0.7's ``trl.core`` is here with its signature and numbers, so that
-``from trl.core import ...`` becomes ``from rlhf_trainer.core import ...`` and nothing else changes.
+``from trl.core import ...`` becomes ``from rlhf_trainer.core import ...``; where bad input is handled
+differently, docs/algorithms/ppo.md says how.
 """
 
 from __future__ import annotations
