@@ -1,29 +1,27 @@
 """The RLHFJob resource: spec and status models, the single source of the CRD (``rlhf_operator.crd``).
 
-A stage's fields are the trainer's stage models (``rlhf_trainer.stage.config``) plus the Kubernetes-only
-settings of ``KubernetesStage``. Fields are snake_case in Python and camelCase in YAML; unknown fields are errors.
+``spec.stages.<kind>`` is the contract's stage model of that kind (``rlhf_contract.stages``) plus the
+Kubernetes-only settings of ``KubernetesStage``; ``status.<kind>`` is the kind's live statistics. Both are built from
+the contract's list of kinds, so a new kind needs nothing here. Fields are snake_case in Python and camelCase in
+YAML; unknown fields are errors. Whatever the API server would refuse in the objects the operator creates from a
+spec (int32 fields, Indexed Job sizes, quantities, tolerations, label syntax) is refused here and by the CRD first.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 
-from rlhf_trainer.schema import Schema
-from rlhf_trainer.stage.config import (
-    STAGE_ORDER,
-    Checked,
-    ModelSource,
-    PPOStage,
-    RewardStage,
-    Rule,
-    SFTStage,
-    StageKind,
-    StageSettings,
-)
+from rlhf_contract.kinds import STAGE_ORDER, Kind, StageKind
+from rlhf_contract.progress import Phase
+from rlhf_contract.schema import INT32_MAX, INT64_MAX, Checked, Rule, Schema
+from rlhf_contract.settings import StageSettings
+from rlhf_contract.sources import ModelSource
+from rlhf_contract.stages import KINDS
 
 GROUP = "rlhf.dev"
 VERSION = "v1alpha1"
@@ -33,14 +31,44 @@ PLURAL = "rlhfjobs"
 SINGULAR = "rlhfjob"
 SHORT_NAMES = ["rlhf", "rlhfjob"]
 
-# Kubernetes' resource.Quantity, as its CRDs declare it (an integer or a string like 500Mi or 1.5).
+MAX_INDEXED_JOB_SIZE = 100_000
+"""The most pods an Indexed Job may have (its completions and parallelism)."""
+DEFAULT_TERMINATION_GRACE_SECONDS = 300
+"""How long a stopping trainer has to checkpoint: Kubernetes' 30 s is too short for a model's weights."""
+
+# --- quantities -------------------------------------------------------------------------------------------------
+
+# Kubernetes' resource.Quantity without a sign (resources are never negative): 1, 500m, 16Gi, 1.5, 1e3.
 _QUANTITY = re.compile(
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1), "k": Decimal(10**3),
+            "M": Decimal(10**6), "G": Decimal(10**9), "T": Decimal(10**12), "P": Decimal(10**15),
+            "E": Decimal(10**18)}
+
+
+def quantity_value(quantity: str | int) -> Decimal:
+    """The number a Kubernetes quantity stands for (``"500m"`` -> 0.5, ``"1Gi"`` -> 1073741824)."""
+    text = str(quantity).lstrip("+")
+    if not _QUANTITY.match(str(quantity)):
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity (e.g. 1, 500m, 16Gi)")
+    for suffix, factor in _BINARY.items():
+        if text.endswith(suffix):
+            return Decimal(text[:-2]) * factor
+    if text[-1:] in _DECIMAL and not text[-1:].isdigit():
+        return Decimal(text[:-1]) * _DECIMAL[text[-1]]
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"{quantity!r} is not a Kubernetes quantity (e.g. 1, 500m, 16Gi)") from None
 
 
 def _check_quantity(value: str | int) -> str | int:
-    if isinstance(value, str) and not _QUANTITY.match(value):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. 1, 500m, 16Gi)")
+    if isinstance(value, bool) or (isinstance(value, int) and value < 0):
+        raise ValueError(f"{value!r} is not a quantity: resources are never negative")
+    if len(str(value)) > 64:
+        raise ValueError(f"{str(value)[:20]}...: a quantity is at most 64 characters")
+    quantity_value(value)
     return value
 
 
@@ -48,33 +76,151 @@ Quantity = Annotated[
     str | int,
     AfterValidator(_check_quantity),
     WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": _QUANTITY.pattern,
-                    "x-kubernetes-int-or-string": True}),
+                    "minimum": 0, "maxLength": 64, "x-kubernetes-int-or-string": True}),
 ]
+"""A non-negative Kubernetes quantity."""
+
+
+def _cel_quantity(value: str) -> str:
+    return f"quantity(string({value}))"
+
+
+NATIVE_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+
+
+def is_extended_resource(name: str) -> bool:
+    """Resources other than cpu, memory, ephemeral-storage and hugepages-* (``nvidia.com/gpu``): Kubernetes wants
+    whole numbers of them, and requests equal to limits."""
+    return name not in NATIVE_RESOURCES and not name.startswith("hugepages-")
+
+
+# No string function scans the key: the API server bounds a rule's estimated cost, and keys have no length bound.
+_CEL_EXTENDED = f"!(k in {list(NATIVE_RESOURCES)} || k.startsWith('hugepages-'))"
+
+# --- names and labels -------------------------------------------------------------------------------------------
+
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_LABEL_KEY = rf"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}$"
+_LABEL_VALUE = rf"^({_LABEL_NAME})?$"
+MAX_MAP_ENTRIES = 64
+
+DNSSubdomain = Annotated[str, Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN)]
+LabelValue = Annotated[str, Field(max_length=63, pattern=_LABEL_VALUE)]
+_VALUE_SCHEMAS = {LabelValue: {"type": "string", "maxLength": 63, "pattern": _LABEL_VALUE}, str: {"type": "string"}}
+
+
+def _check_keys(values: dict[str, Any] | None) -> dict[str, Any] | None:
+    if values is not None and len(values) > MAX_MAP_ENTRIES:
+        raise ValueError(f"at most {MAX_MAP_ENTRIES} entries")
+    for key in values or {}:
+        name = key.rpartition("/")[2]
+        if len(name) > 63 or len(key) > 316 or not re.match(_LABEL_KEY, key):
+            raise ValueError(f"{key!r} is not a valid label or annotation key: [prefix/]name, the name at most 63 "
+                             "letters, digits, '-', '_' or '.', starting and ending with a letter or digit")
+    return values
+
+
+def _keyed_map(value_type: Any) -> Any:
+    """A map whose keys are label keys. The operator checks the keys; the CRD does not, as a CEL rule over keys of
+    unbounded length would exceed the API server's cost budget (a bad key is an InvalidSpec condition instead)."""
+    return Annotated[dict[str, value_type], AfterValidator(_check_keys),
+                     WithJsonSchema({"type": "object", "additionalProperties": _VALUE_SCHEMAS[value_type],
+                                     "maxProperties": MAX_MAP_ENTRIES})]
+
 
 FreeForm = dict[str, Any]
-"""A Kubernetes object passed through as written (the API server and the kubernetes client check it)."""
+"""A Kubernetes object passed through as written (the API server checks it)."""
 
 
 # --- Kubernetes-only settings ---------------------------------------------------------------------------------
 
-class Resources(Schema):
+class Resources(Checked):
     """Compute resources of a stage's trainer container, per worker pod."""
 
-    requests: dict[str, Quantity] | None = Field(None, description="Minimum resources, e.g. {cpu: 4, memory: 32Gi}.")
+    requests: dict[str, Quantity] | None = Field(
+        None, max_length=MAX_MAP_ENTRIES, description="Minimum resources, e.g. {cpu: 4, memory: 32Gi}.")
     limits: dict[str, Quantity] | None = Field(
-        None, description="Maximum resources; GPUs go here, e.g. {nvidia.com/gpu: 8}.")
+        None, max_length=MAX_MAP_ENTRIES, description="Maximum resources; GPUs go here, e.g. {nvidia.com/gpu: 8}.")
+
+    @model_validator(mode="after")
+    def _check_resources(self) -> Resources:
+        requests, limits = self.requests or {}, self.limits or {}
+        for kind, values in (("requests", requests), ("limits", limits)):
+            for name, value in values.items():
+                if is_extended_resource(name) and quantity_value(value) != int(quantity_value(value)):
+                    raise ValueError(f"{kind}[{name}]: {value!r}: {name} is an extended resource; use a whole number")
+        for name, value in requests.items():
+            if name in limits and quantity_value(value) > quantity_value(limits[name]):
+                raise ValueError(f"requests[{name}] ({value}) must be less than or equal to limits[{name}] "
+                                 f"({limits[name]})")
+            if is_extended_resource(name) and (name not in limits or quantity_value(value) != quantity_value(limits[name])):
+                raise ValueError(f"requests[{name}]: {name} is an extended resource: set it in limits, and requests "
+                                 "equal to limits (or only limits)")
+        return self
+
+    @classmethod
+    def cel_rules(cls) -> list[Rule]:
+        whole = "self.{0}.all(k, !({1}) || {2}.isInteger())"
+        req, lim = "self.requests[k]", "self.limits[k]"
+        return [
+            Rule(f"!has(self.requests) || {whole.format('requests', _CEL_EXTENDED, _cel_quantity(req))}",
+                 "an extended resource (e.g. nvidia.com/gpu) must be a whole number"),
+            Rule(f"!has(self.limits) || {whole.format('limits', _CEL_EXTENDED, _cel_quantity(lim))}",
+                 "an extended resource (e.g. nvidia.com/gpu) must be a whole number"),
+            Rule(f"!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || "
+                 f"{_cel_quantity(req)}.compareTo({_cel_quantity(lim)}) <= 0)",
+                 "each request must be less than or equal to its limit"),
+            Rule(f"!has(self.requests) || self.requests.all(k, !({_CEL_EXTENDED}) || (has(self.limits) && "
+                 f"k in self.limits && {_cel_quantity(req)}.compareTo({_cel_quantity(lim)}) == 0))",
+                 "an extended resource (e.g. nvidia.com/gpu) needs a limit, and its request equal to it"),
+        ]
+
+
+class Toleration(Checked):
+    """A taint the pods tolerate (e.g. GPU nodes'), as a pod's tolerations entry."""
+
+    key: str | None = Field(None, min_length=1, max_length=316, pattern=_LABEL_KEY,
+                            description="The taint key; unset with operator Exists: every taint.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal; unset: Equal.")
+    value: str | None = Field(None, max_length=63, pattern=_LABEL_VALUE, description="The taint value (Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="The taint effect to tolerate; unset: every effect.")
+    toleration_seconds: int | None = Field(
+        None, ge=0, le=INT64_MAX, description="With effect NoExecute: how long the pod stays after the taint.")
+
+    @model_validator(mode="after")
+    def _check_toleration(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value must be empty when operator is Exists")
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("operator must be Exists when key is empty")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("effect must be NoExecute when tolerationSeconds is set")
+        return self
+
+    @classmethod
+    def cel_rules(cls) -> list[Rule]:
+        return [
+            Rule("!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+                 "value must be empty when operator is Exists"),
+            Rule("has(self.key) || (has(self.operator) && self.operator == 'Exists')",
+                 "operator must be Exists when key is empty"),
+            Rule("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+                 "effect must be NoExecute when tolerationSeconds is set"),
+        ]
 
 
 class LocalObjectReference(Schema):
     """A reference to an object in the job's namespace."""
 
-    name: str = Field(min_length=1, description="The object's name.")
+    name: DNSSubdomain = Field(description="The object's name.")
 
 
 class EnvVar(Schema):
     """An environment variable of the trainer container."""
 
-    name: str = Field(min_length=1, description="The variable's name.")
+    name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="The variable's name.")
     value: str | None = Field(None, description="Its value.")
     value_from: FreeForm | None = Field(None, description="Where its value comes from (secretKeyRef, ...).")
 
@@ -82,59 +228,58 @@ class EnvVar(Schema):
 class PodTemplate(Schema):
     """Settings of the stages' pods. Job-wide in spec.template; a stage's own template overrides it field by field."""
 
-    node_selector: dict[str, str] | None = Field(None, description="Labels a node must have.")
-    tolerations: list[FreeForm] | None = Field(None, description="Taints the pods tolerate (e.g. GPU nodes').")
+    node_selector: _keyed_map(LabelValue) | None = Field(None, description="Labels a node must have.")
+    tolerations: list[Toleration] | None = Field(
+        None, max_length=MAX_MAP_ENTRIES, description="Taints the pods tolerate (e.g. GPU nodes').")
     affinity: FreeForm | None = Field(None, description="Node and pod affinity.")
-    priority_class_name: str | None = Field(None, description="Priority class of the pods.")
-    service_account_name: str | None = Field(None, description="Service account the pods run as.")
+    priority_class_name: DNSSubdomain | None = Field(None, description="Priority class of the pods.")
+    service_account_name: DNSSubdomain | None = Field(None, description="Service account the pods run as.")
     image_pull_secrets: list[LocalObjectReference] | None = Field(
         None, description="Secrets for pulling the trainer image.")
     env: list[EnvVar] | None = Field(None, description="Environment variables of the trainer container.")
     env_from: list[FreeForm] | None = Field(
         None, description="Sources of environment variables, e.g. a Secret holding HF_TOKEN.")
-    labels: dict[str, str] | None = Field(
+    labels: _keyed_map(LabelValue) | None = Field(
         None, description="Labels of the stages' Jobs and pods (e.g. kueue.x-k8s.io/queue-name).")
-    annotations: dict[str, str] | None = Field(None, description="Annotations of the stages' pods.")
+    annotations: _keyed_map(str) | None = Field(None, description="Annotations of the stages' pods.")
     security_context: FreeForm | None = Field(
         None, description="Security context of the trainer container; replaces the restricted default.")
     pod_security_context: FreeForm | None = Field(
         None, description="Security context of the pods; replaces the restricted default.")
+    termination_grace_period_seconds: int | None = Field(
+        None, ge=0, le=INT64_MAX,
+        description=f"Seconds a stopping trainer pod gets to save a checkpoint before it is killed (preemption, "
+                    f"eviction, spec.suspend); unset: {DEFAULT_TERMINATION_GRACE_SECONDS}.")
 
 
 class KubernetesStage(Schema):
     """How a stage runs on Kubernetes (ignored by `rlhf run`)."""
 
     workers: int = Field(
-        1, ge=1, description="Pods running the stage together; more than one gives an Indexed Job and a headless "
-                             "Service for torch.distributed.")
+        1, ge=1, le=MAX_INDEXED_JOB_SIZE,
+        description="Pods running the stage together; more than one gives an Indexed Job and a headless Service for "
+                    "torch.distributed.")
     resources: Resources | None = Field(None, description="Resources of each worker's trainer container.")
     backoff_limit: int = Field(
-        3, ge=0, description="Retries of the stage's Job; each resumes from the last complete checkpoint.")
+        3, ge=0, le=INT32_MAX, description="Retries of the stage's Job; each resumes from the last complete checkpoint.")
     active_deadline_seconds: int | None = Field(
-        None, ge=1, description="Time limit of the stage's Job, retries included.")
+        None, ge=1, le=INT64_MAX, description="Time limit of the stage's Job, retries included.")
     template: PodTemplate | None = Field(None, description="This stage's overrides of spec.template.")
 
 
-class SFTStageSpec(KubernetesStage, SFTStage):
-    """Supervised fine-tuning of a causal language model."""
+def _stage_spec(kind: Kind) -> type[StageSettings]:
+    """``spec.stages.<kind>``: the kind's fields, and how it runs on Kubernetes."""
+    return type(f"{kind.stage.__name__}Spec", (KubernetesStage, kind.stage),
+                {"__doc__": kind.stage.__doc__, "__module__": __name__})
 
 
-class RewardStageSpec(KubernetesStage, RewardStage):
-    """Reward modelling: a scalar score trained on preference pairs (chosen over rejected)."""
-
-
-class PPOStageSpec(KubernetesStage, PPOStage):
-    """PPO: the policy answers prompts, the reward scores the answers, PPO updates the policy."""
+STAGE_SPECS: dict[str, type[StageSettings]] = {name: _stage_spec(kind) for name, kind in KINDS.items()}
 
 
 # --- the spec -------------------------------------------------------------------------------------------------
 
-class Stages(Checked):
-    """The stages to run, always in the order sft, reward, ppo; any may be omitted."""
-
-    sft: SFTStageSpec | None = Field(None, description="Supervised fine-tuning.")
-    reward: RewardStageSpec | None = Field(None, description="Reward modelling.")
-    ppo: PPOStageSpec | None = Field(None, description="PPO against the reward.")
+class _Stages(Checked):
+    """The stages to run, always in the order of the kinds (``rlhf_contract.kinds``); any may be omitted."""
 
     def present(self) -> list[tuple[StageKind, StageSettings]]:
         """The stages this job runs, in order, with their specs."""
@@ -146,9 +291,9 @@ class Stages(Checked):
         kinds = " or ".join(STAGE_ORDER)
         rules = [Rule(" || ".join(f"has(self.{kind})" for kind in STAGE_ORDER), f"no stages: add {kinds}")]
         for position, kind in enumerate(STAGE_ORDER):
-            stage_cls = _stage_spec(kind)
+            stage_cls = STAGE_SPECS[kind]
             earlier = STAGE_ORDER[:position]
-            for field in _model_fields(stage_cls):
+            for field in model_source_fields(stage_cls):
                 name = stage_cls.model_fields[field].alias
                 ref = f"self.{kind}.{name}.fromStage"
                 unset = f"!has(self.{kind}) || !has(self.{kind}.{name}) || !has({ref})"
@@ -158,21 +303,25 @@ class Stages(Checked):
                                       f"{kind}.{name}.fromStage must name a stage that runs before {kind}"))
                 else:
                     rules.append(Rule(unset, f"{kind}.{name}.fromStage: no stage runs before {kind}"))
-            for field, source in stage_cls.from_earlier.items():
+            for field, sources in stage_cls.from_earlier.items():
                 if field != stage_cls.model_field:
                     name = stage_cls.model_fields[field].alias
+                    present = " || ".join(f"has(self.{source})" for source in sources)
+                    stages = " or ".join(sources)
                     rules.append(Rule(
-                        f"!has(self.{kind}) || has(self.{kind}.{name}) || has(self.{source})",
-                        f"{kind}.{name}: not set and no {source} stage runs before {kind}; set it or add the "
-                        f"{source} stage"))
+                        f"!has(self.{kind}) || has(self.{kind}.{name}) || {present}",
+                        f"{kind}.{name}: not set and no {stages} stage runs before {kind}; set it or add the "
+                        f"{stages} stage"))
         return rules
 
 
-def _stage_spec(kind: str) -> type[StageSettings]:
-    return next(arg for arg in get_args(Stages.model_fields[kind].annotation) if arg is not type(None))
+Stages = create_model(
+    "Stages", __base__=_Stages, __doc__=f"The stages to run, always in the order {', '.join(STAGE_ORDER)}; any may "
+                                        "be omitted.",
+    **{name: (STAGE_SPECS[name] | None, Field(None, description=kind.stage.__doc__)) for name, kind in KINDS.items()})
 
 
-def _model_fields(stage_cls: type[StageSettings]) -> list[str]:
+def model_source_fields(stage_cls: type[StageSettings]) -> list[str]:
     """A stage's fields that hold a model source (those a fromStage may appear in)."""
     return [name for name, info in stage_cls.model_fields.items()
             if any(isinstance(arg, type) and issubclass(arg, ModelSource) for arg in get_args(info.annotation))]
@@ -182,25 +331,29 @@ class Storage(Checked):
     """The workspace volume the stages share: a PersistentVolumeClaim the operator creates, or an existing one."""
 
     size: Quantity | None = Field(None, description="Size of the claim; unset: the operator's default (20Gi).")
-    storage_class_name: str | None = Field(None, description="Storage class of the claim; unset: the default.")
-    existing_claim: str | None = Field(None, min_length=1, description="Use this claim instead of creating one.")
+    storage_class_name: DNSSubdomain | None = Field(
+        None, description="Storage class of the claim; unset: the default.")
+    existing_claim: DNSSubdomain | None = Field(None, description="Use this claim instead of creating one.")
     keep_on_delete: bool = Field(
         False, description="Keep the created claim when the RLHFJob is deleted or its TTL expires.")
 
     @model_validator(mode="after")
-    def _check_existing_claim(self) -> Storage:
+    def _check_storage(self) -> Storage:
         if self.existing_claim is not None and (self.size is not None or self.storage_class_name is not None):
             raise ValueError("size and storageClassName are for a new claim; not with existingClaim")
+        if self.size is not None and quantity_value(self.size) <= 0:
+            raise ValueError(f"size ({self.size}) must be greater than zero")
         return self
 
     @classmethod
     def cel_rules(cls) -> list[Rule]:
         return [Rule("!has(self.existingClaim) || (!has(self.size) && !has(self.storageClassName))",
-                     "size and storageClassName are for a new claim; not with existingClaim")]
+                     "size and storageClassName are for a new claim; not with existingClaim"),
+                Rule(f"!has(self.size) || {_cel_quantity('self.size')}.sign() == 1", "size must be greater than zero")]
 
 
 class RLHFJobSpec(Checked):
-    """An RLHF pipeline: supervised fine-tuning, reward modelling and PPO, each a Kubernetes Job."""
+    """An RLHF pipeline: its stages (SFT, reward modelling, PPO, ...), each a Kubernetes Job."""
 
     image: str | None = Field(None, min_length=1, description="Trainer image; unset: the operator's default.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
@@ -210,7 +363,7 @@ class RLHFJobSpec(Checked):
     stages: Stages = Field(description="The stages to run.")
     suspend: bool = Field(False, description="Suspend the running stage's Job; false again resumes it.")
     ttl_seconds_after_finished: int | None = Field(
-        None, ge=0, description="Delete the job's children (not a kept claim) this long after it finishes.")
+        None, ge=0, le=INT32_MAX, description="Delete the job's children (not a kept claim) this long after it finishes.")
     template: PodTemplate | None = Field(None, description="Settings of every stage's pods.")
 
     @model_validator(mode="after")
@@ -224,21 +377,18 @@ class RLHFJobSpec(Checked):
         rules = [Rule("!has(self.model) || !has(self.model.fromStage)",
                       "model.fromStage: the job's model cannot come from one of its stages")]
         for kind in STAGE_ORDER:
-            stage_cls = _stage_spec(kind)
+            stage_cls = STAGE_SPECS[kind]
             name = stage_cls.model_fields[stage_cls.model_field].alias
             fallbacks, message = ["has(self.model)"], f"stages.{kind}.{name}: no model to start from; set it or model"
-            if source := stage_cls.from_earlier.get(stage_cls.model_field):
-                fallbacks.append(f"has(self.stages.{source})")
-                message += f", or add the {source} stage"
+            if sources := stage_cls.from_earlier.get(stage_cls.model_field):
+                fallbacks += [f"has(self.stages.{source})" for source in sources]
+                message += f", or add the {' or '.join(sources)} stage"
             rules.append(Rule(
                 f"!has(self.stages.{kind}) || has(self.stages.{kind}.{name}) || {' || '.join(fallbacks)}", message))
         return rules
 
 
 # --- the status -----------------------------------------------------------------------------------------------
-
-Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
-
 
 class StageStatus(Schema):
     """How one stage went."""
@@ -255,26 +405,9 @@ class StageStatus(Schema):
     message: str | None = Field(None, description="Details for people.")
 
 
-class StageStatuses(Schema):
-    """Each stage's status, by stage."""
-
-    sft: StageStatus | None = None
-    reward: StageStatus | None = None
-    ppo: StageStatus | None = None
-
-
-class PPOStatus(Schema):
-    """Live statistics of the PPO stage, updated as it trains."""
-
-    step: int | None = Field(None, ge=0, description="PPO steps done.")
-    total_steps: int | None = Field(None, ge=0, description="PPO steps in all.")
-    mean_reward: float | None = Field(None, description="Mean score of the last step's responses.")
-    kl: float | None = Field(None, description="KL divergence of the policy from the reference.")
-    kl_coef: float | None = Field(None, description="Current KL penalty coefficient.")
-    policy_loss: float | None = Field(None, description="Policy loss of the last step.")
-    value_loss: float | None = Field(None, description="Value loss of the last step.")
-    entropy: float | None = Field(None, description="Entropy of the policy's token distribution.")
-    updated_at: datetime | None = Field(None, description="When these were reported.")
+StageStatuses = create_model(
+    "StageStatuses", __base__=Schema, __doc__="Each stage's status, by stage.",
+    **{name: (StageStatus | None, None) for name in KINDS})
 
 
 class Condition(Schema):
@@ -288,19 +421,25 @@ class Condition(Schema):
     observed_generation: int | None = Field(None, ge=0, description="The spec generation it was set for.")
 
 
-class RLHFJobStatus(Schema):
+class _RLHFJobStatus(Schema):
     """What the operator observed."""
 
     phase: Phase | None = Field(None, description="Where the job is.")
     stage: StageKind | None = Field(None, description="The stage running now, or the last one run.")
     stages: StageStatuses | None = Field(None, description="Each stage's status.")
-    ppo: PPOStatus | None = Field(None, description="Live PPO statistics.")
     conditions: list[Condition] | None = Field(
         None, description="The job's conditions, one per type.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     observed_generation: int | None = Field(None, ge=0, description="The spec generation last acted on.")
     start_time: datetime | None = Field(None, description="When the first stage started.")
     completion_time: datetime | None = Field(None, description="When the job finished.")
+
+
+RLHFJobStatus = create_model(
+    "RLHFJobStatus", __base__=_RLHFJobStatus, __doc__=_RLHFJobStatus.__doc__,
+    **{name: (kind.live | None, Field(None, description=kind.live.__doc__))
+       for name, kind in KINDS.items() if kind.live is not None})
+"""The status: the fields above, plus ``<kind>``: the live statistics of each kind that has them (``ppo``)."""
 
 
 # --- the resource ---------------------------------------------------------------------------------------------
@@ -311,7 +450,7 @@ class ObjectMeta(Schema):
     model_config = ConfigDict(extra="allow")
 
     name: str = Field(
-        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN,
         description="The job's name: lower-case letters, digits, '-' and '.'.")
     namespace: str | None = Field(None, description="The job's namespace.")
 

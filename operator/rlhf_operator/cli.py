@@ -23,11 +23,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
+from rlhf_contract.sources import DatasetSource, ModelSource, RewardSource, Source, iter_sources
 from rlhf_operator.api import KubernetesStage, RLHFJob
 from rlhf_operator.crd import crd_yaml
 from rlhf_operator.plan import Plan, PlanError, PlannedStage, make_plan
 from rlhf_operator.settings import LOG_LEVELS, OperatorSettings, SettingsError
-from rlhf_trainer.stage.config import DatasetSource, ModelSource, RewardSource, Source, iter_sources
 
 WORKSPACES = "rlhf-workspace"
 """Where ``rlhf run`` keeps jobs' workspaces by default: ``./rlhf-workspace/<job name>``."""

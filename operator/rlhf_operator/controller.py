@@ -15,15 +15,16 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
+from rlhf_contract.runtime import WORKSPACE
 from rlhf_operator.api import RLHFJobSpec
 from rlhf_operator.kube import ApiError, Kube
 from rlhf_operator.metrics import Metrics
 from rlhf_operator.plan import Plan, PlanError, PlannedStage, make_plan
+from rlhf_operator.refusals import Refusal, is_refusal, refusal_message, refusal_reason, spec_field
 from rlhf_operator.resources import (
     JOB_LABEL,
     QUEUE_LABEL,
     SUSPENDED_BY_OPERATOR,
-    WORKSPACE,
     Owner,
     label_value,
     stage_objects,
@@ -31,6 +32,7 @@ from rlhf_operator.resources import (
 )
 from rlhf_operator.settings import OperatorSettings
 from rlhf_operator.status import (
+    SPEC_REASONS,
     TERMINAL,
     Event,
     JobState,
@@ -49,7 +51,7 @@ from rlhf_operator.status import (
     trainer_failure,
     transitions,
 )
-from rlhf_operator.workqueue import WorkQueue
+from rlhf_operator.workqueue import Retry, WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,16 @@ TTL_EXPIRED = "TTLExpired"
 CHILD_KINDS = ("Job", "Service", "ConfigMap", "PersistentVolumeClaim")
 
 
-class StatusChanged(Exception):
-    """The RLHFJob changed between reading it and writing its status."""
+class StatusChanged(Retry):
+    """The RLHFJob changed between reading it and writing its status: decide again, on a fresh read."""
+
+
+class ChildRefused(Exception):
+    """The API server refused a child object for what it is (its spec must change)."""
+
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal_message(refusal))
+        self.refusal = refusal
 
 
 class Controller:
@@ -78,13 +88,8 @@ class Controller:
         await self.queue.close()
 
     async def reconcile(self, namespace: str, name: str) -> float | None:
-        """Bring one RLHFJob one step closer to done; returns when to look again (seconds) or None."""
-        try:
-            return await self._reconcile(namespace, name)
-        except StatusChanged:
-            return 0.0  # decided on a stale read: decide again on a fresh one
-
-    async def _reconcile(self, namespace: str, name: str) -> float | None:
+        """Bring one RLHFJob one step closer to done; returns when to look again (seconds) or None. Errors (and a
+        status write that lost a race) make the work queue try again with backoff."""
         body = await self.kube.get_rlhfjob(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             self.queue.forget((namespace, name))
@@ -103,7 +108,14 @@ class Controller:
                                                         now=timestamp(now)))
             return None
 
-        runs, recheck = await self._advance(body, spec, plan)
+        try:
+            runs, recheck = await self._advance(body, spec, plan)
+        except ChildRefused as e:  # nothing is retried until the spec changes
+            refusal = e.refusal
+            await self._write(body, invalid_spec_status(
+                old, spec_field(refusal, spec), refusal_message(refusal), reason=refusal_reason(refusal),
+                stage=refusal.stage, generation=generation, now=timestamp(now)))
+            return None
         new = next_status(old, runs, generation=generation, now=timestamp(now))
         await self._write(body, new)
         if new["phase"] in TERMINAL:
@@ -161,7 +173,14 @@ class Controller:
         objects = [*([claim] if claim else []), *stage_objects(owner, spec, stage, self.settings, suspend=spec.suspend)]
         created = {}
         for obj in objects:
-            created[obj["kind"]] = await self._ensure(obj)
+            try:
+                created[obj["kind"]] = await self._ensure(obj)
+            except ApiError as e:
+                if not is_refusal(e.status, e.message):
+                    raise
+                stage_name = None if obj["kind"] == "PersistentVolumeClaim" else stage.name
+                raise ChildRefused(Refusal(obj["kind"], obj["metadata"]["name"], stage_name, e.status, e.message,
+                                           e.fields)) from e
         log.info("%s/%s: started stage %s (Job %s)", owner.namespace, owner.name, stage.name, stage.object_name)
         return created["Job"]
 
@@ -288,14 +307,19 @@ def _waiting_for_pods(job: dict) -> bool:
 
 
 def _invalid_spec_changed(status: dict, generation: int | None) -> bool:
-    """A job failed for its spec, and the spec changed since: plan it again."""
+    """A job failed for its spec (or the API server refused what it became), and the spec changed since: plan it
+    again."""
     failed = find_condition(status.get("conditions"), "Failed")
-    return bool(failed and failed.get("reason") == "InvalidSpec" and status.get("observedGeneration") != generation)
+    return bool(failed and failed.get("reason") in SPEC_REASONS and status.get("observedGeneration") != generation)
 
 
-def _ttl_left(ttl: int | None, status: dict, now: datetime) -> float | None:
-    """Seconds until a finished job's TTL expires (0: expired); None without a TTL."""
-    if ttl is None or not status.get("completionTime"):
+def _ttl_left(ttl, status: dict, now: datetime) -> float | None:
+    """Seconds until a finished job's TTL expires (0: expired); None without a TTL. Read from the stored spec as
+    written: a TTL no calendar holds (stored before the CRD bounded it) never expires."""
+    if not isinstance(ttl, int) or ttl < 0 or not status.get("completionTime"):
         return None
-    expiry = parse_time(status["completionTime"]) + timedelta(seconds=ttl)
+    try:
+        expiry = parse_time(status["completionTime"]) + timedelta(seconds=ttl)
+    except OverflowError:
+        return None
     return max(0.0, (expiry - now).total_seconds())

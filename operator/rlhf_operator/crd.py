@@ -88,7 +88,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
 # Keys in the order people read them: what it is, what it means, then constraints, then the parts.
 _KEY_ORDER = {key: i for i, key in enumerate([
     "type", "description", "anyOf", "x-kubernetes-int-or-string", "enum", "format", "pattern", "minimum",
-    "exclusiveMinimum", "maximum", "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems",
+    "exclusiveMinimum", "maximum", "exclusiveMaximum", "minLength", "maxLength", "minItems", "maxItems", "maxProperties",
     "x-kubernetes-preserve-unknown-fields", "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "required",
     "properties", "items", "additionalProperties", "x-kubernetes-validations",
 ])}

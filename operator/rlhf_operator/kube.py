@@ -29,11 +29,11 @@ USER_AGENT = f"rlhf-operator/{__version__}"
 
 
 class ApiError(Exception):
-    """A request the API server refused."""
+    """A request the API server refused; ``fields``: the fields its Status names as causes."""
 
-    def __init__(self, status: int, reason: str, message: str):
+    def __init__(self, status: int, reason: str, message: str, fields: tuple[str, ...] = ()):
         super().__init__(f"{status} {reason}: {message}")
-        self.status, self.reason, self.message = status, reason, message
+        self.status, self.reason, self.message, self.fields = status, reason, message, fields
 
 
 async def connect() -> client.ApiClient:
@@ -51,9 +51,16 @@ async def connect() -> client.ApiClient:
 
 async def _json(response) -> dict:
     body = await response.read()
-    data = json.loads(body) if body else {}
+    try:
+        data = json.loads(body) if body else {}
+    except ValueError:  # a proxy's or a webhook's plain-text error
+        data = {}
     if response.status >= 400:
-        raise ApiError(response.status, data.get("reason", ""), data.get("message", body[:200].decode(errors="replace")))
+        error = data if isinstance(data, dict) else {}
+        causes = (error.get("details") or {}).get("causes") or []
+        fields = tuple(cause["field"] for cause in causes if cause.get("field"))
+        raise ApiError(response.status, error.get("reason", ""),
+                       error.get("message") or body[:500].decode(errors="replace"), fields)
     return data
 
 

@@ -21,10 +21,10 @@ from typing import TextIO
 
 import yaml
 
+from rlhf_contract.workspace import StageDir, read_metrics
 from rlhf_operator.cli import WORKSPACES, load_plan
 from rlhf_operator.plan import Plan, PlannedStage
 from rlhf_operator.status import JobState, StageRun, apply_patch, next_status, progress_patch, timestamp
-from rlhf_trainer.stage.workspace import StageDir, read_metrics
 
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 120

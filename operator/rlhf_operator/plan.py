@@ -13,18 +13,13 @@ import posixpath
 from dataclasses import dataclass
 from typing import get_args
 
+from rlhf_contract.assignment import StageAssignment
+from rlhf_contract.kinds import STAGE_ORDER
+from rlhf_contract.settings import StageSettings
+from rlhf_contract.sources import Source, map_sources
+from rlhf_contract.stages import STAGE_CONFIGS
+from rlhf_contract.workspace import stage_dir, stage_model_dir
 from rlhf_operator.api import KubernetesStage, RLHFJobSpec
-from rlhf_trainer.stage.config import (
-    STAGE_CONFIGS,
-    STAGE_ORDER,
-    PPOStageConfig,
-    RewardStageConfig,
-    SFTStageConfig,
-    Source,
-    StageSettings,
-    map_sources,
-)
-from rlhf_trainer.stage.workspace import stage_dir, stage_model_dir
 
 # Child object names become label values and Indexed Job pod hostnames (<name>-<index>): 63 characters at most.
 MAX_CHILD_NAME = 52
@@ -44,8 +39,8 @@ class PlannedStage:
     """One stage of the plan."""
 
     name: str
-    """The stage's name, its kind: sft, reward, ppo."""
-    config: SFTStageConfig | RewardStageConfig | PPOStageConfig
+    """The stage's name, its kind: sft, reward, ppo, ..."""
+    config: StageAssignment
     """What the trainer runs, every input resolved."""
     kubernetes: KubernetesStage
     """How it runs on Kubernetes: workers, resources, retries, pod template overrides."""
@@ -101,7 +96,7 @@ def child_name(job_name: str, stage: str) -> str:
 
 
 def _stage_config(spec: RLHFJobSpec, kind: str, stage: StageSettings, earlier: list[str], job_name: str,
-                  workspace: str) -> SFTStageConfig | RewardStageConfig | PPOStageConfig:
+                  workspace: str) -> StageAssignment:
     stage = _with_default_models(spec, kind, stage, earlier)
 
     def resolve(field_path: str, source: Source) -> Source:
@@ -124,14 +119,15 @@ def _stage_config(spec: RLHFJobSpec, kind: str, stage: StageSettings, earlier: l
 
 
 def _with_default_models(spec: RLHFJobSpec, kind: str, stage: StageSettings, earlier: list[str]) -> StageSettings:
-    """Fill unset model fields: the output of the stage they default to when it runs earlier, else spec.model."""
+    """Fill unset model fields: the output of the latest stage they default to that runs earlier, else spec.model."""
     cls = type(stage)
     updates = {}
     for field in (cls.model_field, *cls.from_earlier):
         if getattr(stage, field) is not None:
             continue
-        source = cls.from_earlier.get(field)
-        if source in earlier:
+        sources = cls.from_earlier.get(field, ())
+        source = next((name for name in reversed(earlier) if name in sources), None)
+        if source is not None:
             source_cls = next(arg for arg in get_args(cls.model_fields[field].annotation) if arg is not type(None))
             updates[field] = source_cls(from_stage=source)
         elif field == cls.model_field and spec.model is not None:
@@ -139,10 +135,9 @@ def _with_default_models(spec: RLHFJobSpec, kind: str, stage: StageSettings, ear
         else:
             fallbacks = ["spec.model is not set either"] if field == cls.model_field else []
             fixes = ["set it"] + (["set spec.model"] if field == cls.model_field else [])
-            if source:
-                fallbacks.insert(0, f"no {source} stage runs before {kind}")
-                fixes.append(f"add a {source} stage")
+            if sources:
+                fallbacks.insert(0, f"no {' or '.join(sources)} stage runs before {kind}")
+                fixes.append(f"add a {' or '.join(sources)} stage")
             raise PlanError(f"spec.stages.{kind}.{cls.model_fields[field].alias}",
                             f"not set, and {' and '.join(fallbacks)}; {', '.join(fixes[:-1])} or {fixes[-1]}")
     return stage.model_copy(update=updates)
-

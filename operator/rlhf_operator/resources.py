@@ -12,7 +12,24 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from rlhf_operator.api import API_VERSION, KIND, PodTemplate, RLHFJobSpec
+from rlhf_contract.runtime import (
+    CONFIG_DIR,
+    CONFIG_FILE,
+    ENV_MASTER_ADDR,
+    ENV_MASTER_PORT,
+    ENV_NNODES,
+    ENV_NODE_RANK,
+    ENV_NPROC_PER_NODE,
+    ENV_STATUS_TOKEN_FILE,
+    ENV_STATUS_URL,
+    NOT_RETRIED,
+    RENDEZVOUS_PORT,
+    STATUS_AUDIENCE,
+    TOKEN_DIR,
+    TOKEN_FILE,
+    WORKSPACE,
+)
+from rlhf_operator.api import API_VERSION, DEFAULT_TERMINATION_GRACE_SECONDS, KIND, PodTemplate, RLHFJobSpec
 from rlhf_operator.plan import Plan, PlannedStage, child_name
 from rlhf_operator.settings import OperatorSettings
 
@@ -26,16 +43,7 @@ SUSPENDED_BY_OPERATOR = "rlhf.dev/suspended"
 COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 CONTAINER = "trainer"
-WORKSPACE = "/workspace"
-CONFIG_DIR = "/etc/rlhf"
-CONFIG_FILE = "stage.json"
-STATUS_AUDIENCE = "rlhf-operator"
-TOKEN_DIR = "/var/run/secrets/rlhf"
-TOKEN_FILE = f"{TOKEN_DIR}/token"
 TOKEN_SECONDS = 3600
-RENDEZVOUS_PORT = 29500
-FAIL_JOB_EXIT_CODES = [3, 4]
-"""Stage runner exit codes that end the Job at once: a guardrail with action fail (3), invalid config or data (4)."""
 
 RESTRICTED_POD_SECURITY: dict[str, Any] = {
     "runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
@@ -201,7 +209,7 @@ def stage_job(owner: Owner, spec: RLHFJobSpec, stage: PlannedStage, settings: Op
         "podFailurePolicy": {"rules": [
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             {"action": "FailJob",
-             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": FAIL_JOB_EXIT_CODES}},
+             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": list(NOT_RETRIED)}},
         ]},
         "template": {
             "metadata": {"labels": labels, **({"annotations": template.annotations} if template.annotations else {})},
@@ -253,8 +261,11 @@ def _pod_spec(owner: Owner, spec: RLHFJobSpec, stage: PlannedStage, template: Po
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
 
+    grace = template.termination_grace_period_seconds
     pod: dict[str, Any] = {
         "restartPolicy": "Never",  # the Job retries; podFailurePolicy needs Never
+        # time to save a checkpoint on SIGTERM (preemption, eviction, suspend) before the kubelet kills the trainer
+        "terminationGracePeriodSeconds": DEFAULT_TERMINATION_GRACE_SECONDS if grace is None else grace,
         "automountServiceAccountToken": False,  # stage pods do not talk to the API; the status token is projected
         "enableServiceLinks": False,
         "securityContext": template.pod_security_context or RESTRICTED_POD_SECURITY,
@@ -263,7 +274,8 @@ def _pod_spec(owner: Owner, spec: RLHFJobSpec, stage: PlannedStage, template: Po
     }
     if workers > 1:
         pod["subdomain"] = stage.object_name
-    passthrough = {"nodeSelector": template.node_selector, "tolerations": template.tolerations,
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in template.tolerations or []] or None
+    passthrough = {"nodeSelector": template.node_selector, "tolerations": tolerations,
                    "affinity": template.affinity, "priorityClassName": template.priority_class_name,
                    "serviceAccountName": template.service_account_name}
     pod.update({key: value for key, value in passthrough.items() if value is not None})
@@ -283,8 +295,8 @@ def _resources(stage: PlannedStage) -> dict[str, dict[str, str]]:
 
 def _env(stage: PlannedStage, template: PodTemplate, settings: OperatorSettings, workers: int) -> list[dict]:
     env: list[dict[str, Any]] = [
-        {"name": "RLHF_STATUS_URL", "value": settings.status_url},
-        {"name": "RLHF_STATUS_TOKEN_FILE", "value": TOKEN_FILE},
+        {"name": ENV_STATUS_URL, "value": settings.status_url},
+        {"name": ENV_STATUS_TOKEN_FILE, "value": TOKEN_FILE},
     ]
     if workers > 1:
         index = {"valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX}']"}}}
@@ -295,11 +307,11 @@ def _env(stage: PlannedStage, template: PodTemplate, settings: OperatorSettings,
             {"name": "WORLD_SIZE", "value": str(workers)},
             {"name": "NODE_RANK", **index},
             {"name": "RANK", **index},
-            {"name": "PET_NNODES", "value": str(workers)},
-            {"name": "PET_NODE_RANK", **index},
-            {"name": "PET_MASTER_ADDR", "value": master},
-            {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
-            {"name": "PET_NPROC_PER_NODE", "value": str(stage.config.distributed.num_processes)},
+            {"name": ENV_NNODES, "value": str(workers)},
+            {"name": ENV_NODE_RANK, **index},
+            {"name": ENV_MASTER_ADDR, "value": master},
+            {"name": ENV_MASTER_PORT, "value": str(RENDEZVOUS_PORT)},
+            {"name": ENV_NPROC_PER_NODE, "value": str(stage.config.distributed.num_processes)},
         ]
     ours = {var["name"]: var for var in env}
     for var in template.env or []:  # the user's variables win over ours of the same name

@@ -22,11 +22,14 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
 
+from rlhf_contract.progress import ProgressRecord
+from rlhf_contract.runtime import STATUS_AUDIENCE
 from rlhf_operator.api import KIND
 from rlhf_operator.kube import ApiError, Kube
 from rlhf_operator.metrics import Metrics
-from rlhf_operator.resources import JOB_LABEL, MANAGED_BY, OPERATOR, STAGE_LABEL, STATUS_AUDIENCE
+from rlhf_operator.resources import JOB_LABEL, MANAGED_BY, OPERATOR, STAGE_LABEL
 from rlhf_operator.status import progress_patch, timestamp
 
 log = logging.getLogger(__name__)
@@ -90,7 +93,7 @@ class StatusEndpoint:
         try:
             token = _bearer(request)
             record = await _record(request)
-            pusher = await self._pusher(token, record["stage"])
+            pusher = await self._pusher(token, record.stage)
             if not self.limiter.take((pusher.namespace, pusher.rlhfjob)):
                 raise Rejected(429, "throttled", f"too many pushes for {pusher.rlhfjob}; at most {PUSH_RATE}/s")
             if patch := progress_patch(record, timestamp(datetime.now(UTC))):
@@ -161,16 +164,16 @@ def _bearer(request: web.Request) -> str:
     return token.strip()
 
 
-async def _record(request: web.Request) -> dict:
+async def _record(request: web.Request) -> ProgressRecord:
     try:
-        record = await request.json()
+        data = await request.json()
     except ValueError:
         raise Rejected(400, "invalid", "the body is not JSON") from None
-    if not isinstance(record, dict) or not isinstance(record.get("stage"), str):
-        raise Rejected(400, "invalid", 'a progress record is a JSON object with "stage" (see operator-runtime.md)')
-    if not isinstance(record.get("metrics", {}), dict):
-        raise Rejected(400, "invalid", '"metrics" must be an object')
-    return record
+    try:
+        return ProgressRecord.model_validate(data)
+    except ValidationError as e:
+        where = "; ".join(f"{'.'.join(map(str, error['loc'])) or 'the record'}: {error['msg']}" for error in e.errors())
+        raise Rejected(400, "invalid", f"not a progress record (docs/operator-runtime.md): {where}") from None
 
 
 def _controller(obj: dict, kind: str) -> dict | None:

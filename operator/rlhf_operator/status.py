@@ -9,7 +9,6 @@ send to the status subresource. Progress records pushed by trainer pods become s
 from __future__ import annotations
 
 import copy
-import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,10 +16,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rlhf_contract.progress import ProgressRecord, numbers
+from rlhf_contract.stages import KINDS
 from rlhf_operator.plan import PlanError
 
 TERMINAL = ("Succeeded", "Failed")
 INVALID_SPEC = "InvalidSpec"
+FORBIDDEN = "Forbidden"
+SPEC_REASONS = (INVALID_SPEC, FORBIDDEN)
+"""Failed reasons that a change of the spec can mend: the job is planned again when its spec changes."""
 COMPLETED = "Completed"
 POD_SECURITY = "PodSecurityViolation"
 POD_CREATION = "PodCreationFailed"
@@ -28,15 +32,6 @@ POD_CREATION = "PodCreationFailed"
 # pod (the PPO guardrail that is ending it) and is kept.
 _PASSING_REASONS = {"Suspended", "Queued", POD_SECURITY, POD_CREATION}
 
-PPO_FIELDS = {
-    "meanReward": "env/reward_mean",
-    "kl": "objective/kl",
-    "klCoef": "objective/kl_coef",
-    "policyLoss": "ppo/loss/policy",
-    "valueLoss": "ppo/loss/value",
-    "entropy": "objective/entropy",
-}
-"""status.ppo fields and the TRL stats keys of a PPO progress record they come from."""
 
 
 # --- time -----------------------------------------------------------------------------------------------------
@@ -151,34 +146,28 @@ def _event_time(event: dict) -> datetime:
 
 # --- progress records pushed by trainer pods ------------------------------------------------------------------
 
-def numbers(values: Any) -> dict[str, float]:
-    """The finite numbers among ``values`` (status holds numbers only; JSON has no NaN)."""
-    if not isinstance(values, dict):
-        return {}
-    return {str(key): value for key, value in values.items()
-            if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)}
-
-
-def ppo_status(record: dict, now: str) -> dict:
-    """status.ppo from a PPO progress record (TRL's stats keys)."""
-    metrics = numbers(record.get("metrics"))
-    status: dict[str, Any] = {field: metrics[key] for field, key in PPO_FIELDS.items() if key in metrics}
-    for field in ("step", "totalSteps"):
-        if isinstance(record.get(field), int) and not isinstance(record[field], bool) and record[field] >= 0:
-            status[field] = record[field]
+def live_status(record: ProgressRecord, now: str) -> dict | None:
+    """``status.<kind>`` from a progress record of a kind with live statistics (PPO's), else None."""
+    kind = KINDS.get(record.kind)
+    if kind is None or kind.live is None:
+        return None
+    metrics = numbers(record.metrics)
+    status: dict[str, Any] = {field: metrics[key] for field, key in kind.live_metrics.items() if key in metrics}
+    status["step"] = record.step
+    if record.total_steps is not None:
+        status["totalSteps"] = record.total_steps
     status["updatedAt"] = now
     return status
 
 
-def stage_metrics(record: dict) -> dict[str, float]:
+def stage_metrics(record: ProgressRecord) -> dict[str, float]:
     """A stage's metrics from a progress record: its numbers, and those of the result of a last record."""
-    return {**numbers(record.get("metrics")), **numbers(record.get("result"))}
+    return {**numbers(record.metrics), **numbers(record.result)}
 
 
-def guardrail_reason(record: dict) -> str | None:
+def guardrail_reason(record: ProgressRecord) -> str | None:
     """The guardrail that ended the stage, from a last record's ``result.reason`` (None: it ran to the end)."""
-    result = record.get("result")
-    reason = result.get("reason") if isinstance(result, dict) else None
+    reason = (record.result or {}).get("reason")
     if not isinstance(reason, str) or not reason.strip() or reason == COMPLETED:
         return None
     return condition_reason(reason)
@@ -189,23 +178,23 @@ def _guardrail_prefix(reason: str) -> str:
 
 
 def ended_by_guardrail(entry: dict) -> bool:
-    """Whether a stage's status entry says a PPO guardrail ended it."""
+    """Whether a stage's status entry says a guardrail ended it."""
     reason = entry.get("reason")
     return bool(reason) and str(entry.get("message", "")).startswith(_guardrail_prefix(reason))
 
 
-def progress_patch(record: dict, now: str) -> dict:
-    """The status merge patch for a progress record of stage ``record["stage"]``."""
-    stage = record["stage"]
+def progress_patch(record: dict | ProgressRecord, now: str) -> dict:
+    """The status merge patch for a progress record (``rlhf_contract.progress``); ValueError for one that is not."""
+    record = ProgressRecord.model_validate(record) if isinstance(record, dict) else record
     entry: dict[str, Any] = {}
     if metrics := stage_metrics(record):
         entry["metrics"] = metrics
     if guardrail := guardrail_reason(record):
         entry["reason"] = guardrail
-        entry["message"] = f"{_guardrail_prefix(guardrail)} at step {record.get('step')}"
-    patch: dict[str, Any] = {"stages": {stage: entry}} if entry else {}
-    if record.get("kind") == "ppo":
-        patch["ppo"] = ppo_status(record, now)
+        entry["message"] = f"{_guardrail_prefix(guardrail)} at step {record.step}"
+    patch: dict[str, Any] = {"stages": {record.stage: entry}} if entry else {}
+    if (live := live_status(record, now)) is not None:
+        patch[record.kind] = live
     return patch
 
 
@@ -336,14 +325,18 @@ def _conditions(status: dict, runs: list[StageRun], entries: list[tuple[StageRun
     return conditions
 
 
-def invalid_spec_status(old: dict | None, path: str, message: str, *, generation: int | None, now: str) -> dict:
-    """The status of an RLHFJob whose spec cannot run: Failed, with the field to fix in the condition."""
+def invalid_spec_status(old: dict | None, path: str, message: str, *, reason: str = INVALID_SPEC,
+                        stage: str | None = None, generation: int | None, now: str) -> dict:
+    """The status of an RLHFJob whose spec cannot run (or whose ``stage`` the API server refused to create): Failed,
+    with the field to fix in the condition."""
     status = copy.deepcopy(old or {})
     status.update(phase="Failed")
+    if stage is not None:
+        status["stage"] = stage
     status["completionTime"] = status.get("completionTime") or now
     text = f"{path}: {message}"
-    conditions = set_condition(status.get("conditions"), "Created", False, INVALID_SPEC, text, now, generation)
-    status["conditions"] = set_condition(conditions, "Failed", True, INVALID_SPEC, text, now, generation)
+    conditions = set_condition(status.get("conditions"), "Created", False, reason, text, now, generation)
+    status["conditions"] = set_condition(conditions, "Failed", True, reason, text, now, generation)
     if generation is not None:
         status["observedGeneration"] = generation
     return status
@@ -391,7 +384,7 @@ def transitions(old: dict | None, new: dict) -> list[Event]:
             events.append(Event("Normal", "Succeeded", find_condition(new["conditions"], "Succeeded")["message"]))
         elif new.get("phase") == "Failed":
             condition = find_condition(new["conditions"], "Failed")
-            reason = INVALID_SPEC if condition["reason"] == INVALID_SPEC else "Failed"
+            reason = condition["reason"] if condition["reason"] in SPEC_REASONS else "Failed"
             events.append(Event("Warning", reason, condition["message"]))
     return events
 

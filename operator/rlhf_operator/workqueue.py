@@ -2,7 +2,8 @@
 
 Adding a key that is running makes it run once more afterwards (coalescing any number of adds); a delayed add
 keeps the earliest due time. Work returns the seconds after which to run the key again, or None; when it raises,
-the key runs again after an exponential backoff.
+the key runs again after an exponential backoff (``Retry``: an expected reason to try again, logged without a
+traceback), never at once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable
 
 log = logging.getLogger(__name__)
+
+
+class Retry(Exception):
+    """Work that should run again after the usual backoff, for an expected reason (a lost race, a busy server)."""
 
 
 class WorkQueue:
@@ -84,12 +89,15 @@ class WorkQueue:
     async def _attempt(self, key: tuple) -> float | None:
         try:
             delay = await self._work(*key)
-        except Exception:
+        except Exception as e:
             failures = self._failures[key] = self._failures.get(key, 0) + 1
             backoff = min(self._max_backoff, self._first_backoff * 2 ** (failures - 1))
-            log.exception("reconciling %s failed (%d time(s) in a row); again in %.1fs", "/".join(key), failures,
-                          backoff)
-            self._on_error()
+            if isinstance(e, Retry):
+                log.info("reconciling %s again in %.1fs: %s", "/".join(key), backoff, e)
+            else:
+                log.exception("reconciling %s failed (%d time(s) in a row); again in %.1fs", "/".join(key),
+                              failures, backoff)
+                self._on_error()
             return backoff
         self._failures.pop(key, None)
         return delay

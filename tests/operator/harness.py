@@ -20,9 +20,9 @@ from pathlib import Path
 import jsonschema
 import kubernetes
 import kubernetes_validate
+from crd_checks import unknown_fields
 from kmock_cluster import RLHFJOBS, RunningCluster
 from kopf.testing import KopfRunner
-from test_crd import unknown_fields
 
 from rlhf_operator import handlers  # noqa: F401 - registers the handlers KopfRunner runs
 from rlhf_operator.api import GROUP, PLURAL, VERSION

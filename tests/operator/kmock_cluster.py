@@ -4,6 +4,8 @@
 behind the status subresource (status sent with a create or a plain patch is dropped, only ``status`` is taken
 from a ``/status`` patch), garbage-collects the children of a deleted owner, answers TokenReviews for the tokens
 a test issues, and fixes the core ``/api/v1`` discovery and the lists' ``kind``/``apiVersion``.
+It refuses the creates a real API server refuses (``apiserver_rules``: invalid Jobs and claims, a LimitRange's
+or ResourceQuota's limits), with the same status codes and Status bodies.
 ``RunningCluster`` serves it over HTTP from a background thread (the operator under test runs in another one)
 and writes a kubeconfig pointing at it.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 import aiohttp.web
 import kmock
 import yaml
+from apiserver_rules import refusal
 
 from rlhf_operator.api import GROUP, KIND, PLURAL, SINGULAR, VERSION
 
@@ -48,6 +51,12 @@ class Cluster(kmock.KubernetesEmulator):
         self.log: list[kmock.Request] = []
         self._live: set[str] = set()  # uids of the objects that exist
         self.created_at: dict[tuple[str, str | None, str], float] = {}  # (plural, namespace, name): monotonic time
+        self.failures: dict[str, list[int]] = {}  # "<plural>" (creates) or "<plural>/status" (patches) -> codes
+
+    def fail_next(self, what: str, code: int, times: int = 1) -> None:
+        """Answer the next ``times`` creates of ``what`` (a plural), or patches of ``<plural>/status``, with
+        ``code``: a server in trouble (5xx), too busy (429), or a write that lost a race (409)."""
+        self.failures.setdefault(what, []).extend([code] * times)
 
     # --- tokens ---------------------------------------------------------------------------------------------
 
@@ -101,10 +110,14 @@ class Cluster(kmock.KubernetesEmulator):
 
     async def _serve(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
+        if resource is not None and (injected := self._injected_failure(request)):
+            return injected
         if resource is not None and request.action == kmock.action.CREATE and resource == TOKENREVIEWS:
             return self._review(request)
         if resource is not None and isinstance(request.data, dict | list):
             if request.action == kmock.action.CREATE:
+                if refused := self._refusal(request):
+                    return refused
                 self._prepare_create(request)
             elif request.action == kmock.action.UPDATE and request.name is not None:
                 if conflict := self._stale(request):
@@ -125,6 +138,29 @@ class Cluster(kmock.KubernetesEmulator):
                 self._live.discard(uid)
                 await self._collect_garbage({uid})
         return response
+
+    def _injected_failure(self, request: kmock.Request) -> aiohttp.web.Response | None:
+        if request.action == kmock.action.CREATE:
+            what = request.resource.plural
+        elif request.action == kmock.action.UPDATE and request.subresource == "status":
+            what = f"{request.resource.plural}/status"
+        else:
+            return None
+        if not self.failures.get(what):
+            return None
+        code = self.failures[what].pop(0)
+        reason = {409: "Conflict", 429: "TooManyRequests"}.get(code, "InternalError")
+        return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                                          "reason": reason, "message": f"injected by the test: {reason}"}, status=code)
+
+    def _refusal(self, request: kmock.Request) -> aiohttp.web.Response | None:
+        """What the real API server answers a create it refuses (``apiserver_rules``), else None."""
+        data = request.data if isinstance(request.data, dict) else {}
+        if request.namespace and not data.get("metadata", {}).get("namespace"):
+            data = {**data, "metadata": {**data.get("metadata", {}), "namespace": request.namespace}}
+        stored = {"jobs": self.stored("batch/v1/jobs"), "resourcequotas": self.stored("v1/resourcequotas"),
+                  "limitranges": self.stored("v1/limitranges")}
+        return refusal(request.resource.plural, data, stored)
 
     def _prepare_create(self, request: kmock.Request) -> None:
         data = request.data

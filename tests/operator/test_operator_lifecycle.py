@@ -66,6 +66,8 @@ def test_three_stages_run_in_order_and_ppo_progress_reaches_the_status(cluster, 
         reporter.report(step, 40, {"env/reward_mean": 0.1 * step, "objective/kl": 0.01 * step,
                                    "objective/kl_coef": 0.05, "ppo/loss/policy": -0.2, "ppo/loss/value": 0.3,
                                    "objective/entropy": 2.5, "ppo/policy/clipfrac": 0.02})
+    # the newest record wins: step 3 is sent, even when 1 and 2 were replaced before they went out
+    wait_for(lambda: api.status(NS, "sentiment").get("ppo", {}).get("step") == 3)
     reporter.report(40, 40, {"env/reward_mean": 0.9, "objective/kl": 0.08},
                     result={"reason": "Completed", "heldOutReward": 0.8})
     reporter.close()
@@ -91,7 +93,7 @@ def test_three_stages_run_in_order_and_ppo_progress_reaches_the_status(cluster, 
         "Succeeded"]
     assert operator.metric("rlhf_jobs", phase="Succeeded") == 1
     assert operator.metric("rlhf_stage_duration_seconds_count", phase="Succeeded", stage="ppo") == 1
-    assert operator.metric("rlhf_status_pushes_total") == 4
+    assert 2 <= operator.metric("rlhf_status_pushes_total") <= 4  # what the newest-wins pusher sent
     assert operator.get("/healthz") == (200, "ok")
 
 

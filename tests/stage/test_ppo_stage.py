@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from stage_helpers import run_stage, stage_env, start_stage, tiny_spec
 
-from rlhf_trainer.stage.workspace import StageDir, read_metrics
+from rlhf_contract.workspace import StageDir, read_metrics
 from rlhf_trainer.tiny import save_tiny
 
 PPO = {

@@ -3,8 +3,8 @@
 from contextlib import contextmanager
 from pathlib import Path
 
+from rlhf_contract.sources import ModelSource
 from rlhf_trainer.stage import runner
-from rlhf_trainer.stage.config import ModelSource
 from rlhf_trainer.stage.sources import model_path
 
 

@@ -7,7 +7,7 @@ import time
 from stage_helpers import SFT, run_stage, start_stage, tiny_spec
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from rlhf_trainer.stage.workspace import StageDir, read_metrics
+from rlhf_contract.workspace import StageDir, read_metrics
 
 
 def stage_dir(config_file) -> StageDir:

@@ -24,7 +24,8 @@ def test_the_environment_sets_every_setting():
     assert (settings.port, settings.trainer_image, settings.log_level) == (9090, "trainer:2", "debug")
     assert settings.status_url == "http://rlhf.ops.svc:8080/v1/status"
     assert (settings.default_storage_class, settings.default_storage_size) == ("fast", "100Gi")
-    assert settings.default_pod_template.tolerations == [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert settings.default_pod_template.model_dump(by_alias=True, exclude_none=True)["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists"}]
 
 
 def test_flags_win_over_the_environment():

@@ -8,6 +8,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from rlhf_contract.stages import parse_stage_config
 from rlhf_operator.api import RLHFJob, RLHFJobSpec
 from rlhf_operator.plan import make_plan
 from rlhf_operator.resources import (
@@ -23,7 +24,6 @@ from rlhf_operator.resources import (
     workspace_claim,
 )
 from rlhf_operator.settings import OperatorSettings
-from rlhf_trainer.stage.config import parse_stage_config
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
@@ -80,6 +80,7 @@ def test_a_stage_job_runs_the_trainer_with_its_config_the_workspace_and_a_status
                 "metadata": {"labels": LABELS},
                 "spec": {
                     "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 300,
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
@@ -203,7 +204,8 @@ def test_stage_template_overrides_the_job_template_field_by_field_over_the_opera
         "env": [{"name": "B", "value": "stage"}], "annotations": {"stage": "sft"}}
     parsed, plan = planned(spec)
     merged = pod_template(parsed, plan.stages[0], default)
-    assert merged.tolerations == [{"key": "dedicated", "operator": "Equal", "value": "rlhf", "effect": "NoSchedule"}]
+    assert merged.model_dump(by_alias=True, exclude_none=True)["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "rlhf", "effect": "NoSchedule"}]
     assert merged.node_selector == {"pool": "gpu", "zone": "a"}
     assert merged.labels == {"team": "nlp", "kueue.x-k8s.io/queue-name": "gpu-queue"}
     assert merged.annotations == {"note": "job", "stage": "sft"}

@@ -3,18 +3,11 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from rlhf_trainer.stage.config import (
-    STAGE_CONFIGS,
-    STAGE_ORDER,
-    DatasetSource,
-    ModelSource,
-    PPOStage,
-    PPOStageConfig,
-    RewardSource,
-    SFTStage,
-    TextColumns,
-    parse_stage_config,
-)
+from rlhf_contract.kinds import STAGE_ORDER
+from rlhf_contract.sources import DatasetSource, ModelSource, RewardSource
+from rlhf_contract.stages import STAGE_CONFIGS, parse_stage_config
+from rlhf_contract.stages.ppo import PPOSettings, PPOStage, PPOStageConfig
+from rlhf_contract.stages.sft import SFTStage, TextColumns
 
 ASSIGNED = {"name": "ppo", "job_name": "demo", "workspace": "/ws", "output_dir": "/ws/ppo"}
 PPO = {"policy": {"builtin": "tiny-gpt2"}, "reward": {"path": "/ws/reward/model"},
@@ -44,19 +37,23 @@ def test_unknown_kind_is_refused():
         parse_stage_config(json.dumps({**json.loads(ppo_config().to_json()), "kind": "dpo"}))
 
 
-def test_ppo_config_takes_steps_and_seed_from_the_stage():
-    config = ppo_config(steps=7, seed=3)
-    assert (config.config.steps, config.config.seed) == (7, 3)
+def test_ppo_settings_are_the_job_authors_knobs_and_the_library_config_adds_only_bookkeeping():
+    from rlhf_trainer.trainer.ppo_config import PPOConfig
+
+    knobs = set(PPOSettings.model_fields)
+    assert not knobs & {"steps", "seed", "log_with", "accelerator_kwargs", "project_kwargs", "tracker_kwargs",
+                        "tracker_project_name", "exp_name", "model_name", "query_dataset", "reward_model"}
+    library = PPOConfig()
+    assert all(getattr(library, knob) == getattr(PPOSettings(), knob) for knob in knobs)  # one default each
+    assert set(PPOConfig.model_fields) - knobs == {
+        "steps", "seed", "log_with", "accelerator_kwargs", "project_kwargs", "tracker_kwargs", "tracker_project_name",
+        "exp_name", "model_name", "query_dataset", "reward_model", "remove_unused_columns"}
 
 
-def test_ppo_config_steps_that_contradict_the_stage_are_refused():
-    with pytest.raises(ValidationError, match=r"config.steps \(300\) differs from steps \(5\); set only steps"):
-        ppo_config(config={"steps": 300})
-
-
-def test_ppo_log_with_is_refused_in_favour_of_report_to():
-    with pytest.raises(ValidationError, match="config.logWith: set the stage's reportTo"):
-        ppo_config(config={"log_with": "wandb"})
+@pytest.mark.parametrize("knob", ["steps", "seed", "log_with", "accelerator_kwargs"])
+def test_library_knobs_are_not_stage_settings(knob):
+    with pytest.raises(ValidationError, match=rf"config.{knob}\n  Extra inputs are not permitted"):
+        ppo_config(config={knob: 1})
 
 
 def test_unresolved_from_stage_is_refused_in_a_stage_config():

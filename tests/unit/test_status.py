@@ -5,6 +5,7 @@ The Jobs here are written as kube-apiserver 1.32's Job controller writes them (w
 import pytest
 from pydantic import ValidationError
 
+from rlhf_contract.progress import ProgressRecord
 from rlhf_operator.api import RLHFJobSpec, RLHFJobStatus
 from rlhf_operator.plan import PlanError, make_plan
 from rlhf_operator.status import (
@@ -16,10 +17,10 @@ from rlhf_operator.status import (
     guardrail_reason,
     invalid_spec_status,
     job_state,
+    live_status,
     merge_patch,
     next_status,
     pod_creation_problem,
-    ppo_status,
     progress_patch,
     set_condition,
     spec_problem,
@@ -153,22 +154,26 @@ PPO_RECORD = {"stage": "ppo", "kind": "ppo", "step": 12, "totalSteps": 200, "tim
     "note": "text", "flag": True, "bad": float("nan")}}
 
 
+def record(data: dict) -> ProgressRecord:
+    return ProgressRecord.model_validate(data)
+
+
 def test_ppo_status_maps_trls_stats_keys():
-    assert ppo_status(PPO_RECORD, T2) == {"meanReward": 0.5, "kl": 0.2, "klCoef": 0.05, "policyLoss": -0.1,
+    assert live_status(record(PPO_RECORD), T2) == {"meanReward": 0.5, "kl": 0.2, "klCoef": 0.05, "policyLoss": -0.1,
                                           "valueLoss": 0.3, "entropy": 2.1, "step": 12, "totalSteps": 200,
                                           "updatedAt": T2}
 
 
 def test_stage_metrics_are_the_finite_numbers_of_the_record_and_its_result():
-    metrics = stage_metrics({**PPO_RECORD, "result": {"reason": "Completed", "heldOutReward": 0.7}})
+    metrics = stage_metrics(record({**PPO_RECORD, "result": {"reason": "Completed", "heldOutReward": 0.7}}))
     assert metrics["ppo/policy/clipfrac"] == 0.02 and metrics["heldOutReward"] == 0.7
     assert not {"note", "flag", "bad", "reason"} & set(metrics)
 
 
 def test_a_last_record_names_the_guardrail_that_ended_the_stage():
-    assert guardrail_reason({"result": {"reason": "Completed"}}) is None
-    assert guardrail_reason({"result": {"reason": "max_kl"}}) == "MaxKl"
-    assert guardrail_reason(PPO_RECORD) is None
+    assert guardrail_reason(record({**PPO_RECORD, "result": {"reason": "Completed"}})) is None
+    assert guardrail_reason(record({**PPO_RECORD, "result": {"reason": "max_kl"}})) == "MaxKl"
+    assert guardrail_reason(record(PPO_RECORD)) is None
     patch = progress_patch({**PPO_RECORD, "result": {"reason": "max_kl"}}, T2)
     assert patch["stages"]["ppo"]["reason"] == "MaxKl"
     assert patch["stages"]["ppo"]["message"] == "the MaxKl guardrail ended the stage at step 12"

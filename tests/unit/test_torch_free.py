@@ -5,7 +5,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
 # The operator and the `rlhf` command run without torch; the trainer's config modules are shared with them.
-TORCH_FREE = ["rlhf_trainer.stage.config", "rlhf_operator.api", "rlhf_operator.plan", "rlhf_operator.cli",
+TORCH_FREE = ["rlhf_contract.stages", "rlhf_contract.progress", "rlhf_contract.workspace", "rlhf_contract.runtime", "rlhf_operator.api", "rlhf_operator.plan", "rlhf_operator.cli",
               "rlhf_operator.crd", "rlhf_operator.resources", "rlhf_operator.status", "rlhf_operator.handlers"]
 
 

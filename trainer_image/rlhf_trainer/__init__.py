@@ -1,7 +1,6 @@
 """rlhf_trainer: SFT, reward modelling and PPO with the API TRL v0.7 users know.
 
-Names are imported lazily so that torch-free parts (``rlhf_trainer.stage.config``, ``PPOConfig``) can be used
-by the operator without importing torch.
+Names are imported lazily: ``import rlhf_trainer`` is cheap, and torch is loaded by the first name that needs it.
 """
 
 from importlib import import_module

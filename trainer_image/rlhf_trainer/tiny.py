@@ -26,7 +26,7 @@ from transformers import (
     T5Config,
 )
 
-from rlhf_trainer.builtin_models import BUILTIN_MODELS
+from rlhf_contract.builtins import BUILTIN_MODELS
 from rlhf_trainer.data import tokenizer_corpus
 
 EOS = "<|endoftext|>"

@@ -11,7 +11,7 @@ import random
 from functools import cache
 from importlib import resources
 
-BUILTIN_DATASETS = ("movie-reviews", "movie-preferences", "movie-prompts")
+from rlhf_contract.builtins import BUILTIN_DATASETS
 
 
 @cache

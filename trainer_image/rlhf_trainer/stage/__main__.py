@@ -1,10 +1,11 @@
 """``python -m rlhf_trainer.stage CONFIG``: run one stage from its stage config (the trainer image's entrypoint).
 ``python -m rlhf_trainer.stage --check CONFIG...``: check the inputs of a job's stages, in order, training nothing.
 
-Exit codes (docs/operator-runtime.md): 0 done, 3 a guardrail failed the stage, 4 invalid config or data,
-143 stopped by a signal after checkpointing, anything else an error worth retrying. The message of a failure
-goes to the log and to the termination log Kubernetes shows in the pod's status (``RLHF_TERMINATION_LOG``
-overrides its path, as ``rlhf run`` does).
+Exit codes (``rlhf_contract.runtime``, docs/operator-runtime.md): 0 done, 3 a guardrail failed the stage, 4 the
+config or data is invalid (only the project's own checks say so: ``InvalidInput`` and config validation), 143
+stopped by a signal after checkpointing, 1 any other error (retried). The message of a failure goes to the log and
+to the termination log Kubernetes shows in the pod's status (``RLHF_TERMINATION_LOG`` overrides its path, as
+``rlhf run`` does).
 """
 
 from __future__ import annotations
@@ -18,18 +19,22 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from rlhf_trainer.stage.config import load_stage_config
-from rlhf_trainer.stage.runner import (
+from rlhf_contract.runtime import (
+    ENV_TERMINATION_LOG,
+    EXIT_CRASHED,
     EXIT_GUARDRAIL_FAILED,
     EXIT_INVALID_INPUT,
     EXIT_OK,
     EXIT_STOPPED,
-    StopSignal,
+    EXIT_USAGE,
+    TERMINATION_LOG,
+    TERMINATION_MESSAGE_LIMIT,
 )
-from rlhf_trainer.stage.workspace import StageDir
+from rlhf_contract.stages import load_stage_config
+from rlhf_contract.workspace import StageDir
+from rlhf_trainer.stage.runner import StopSignal
 
 log = logging.getLogger("rlhf_trainer.stage")
-TERMINATION_LOG = "/dev/termination-log"  # Kubernetes shows it in the pod's status
 USAGE = "usage: python -m rlhf_trainer.stage STAGE_CONFIG.json | --check STAGE_CONFIG.json..."
 
 
@@ -40,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = argv[1:] if check else argv
     if not paths or (len(paths) > 1 and not check):
         print(USAGE, file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     configs = []
     for path in paths:
         try:
@@ -66,14 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         return run_stage(config, stop)
     except input_errors() as exc:
         return fail(EXIT_INVALID_INPUT, f"stage {config.name}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - the message is kept for the status; the Job retries
+        log.exception("stage %s crashed", config.name)
+        return fail(EXIT_CRASHED, f"stage {config.name} crashed: {type(exc).__name__}: {exc}")
 
 
 def input_errors() -> tuple[type[Exception], ...]:
-    """Errors that mean the config or its data must change (exit code 4, not retried)."""
-    from rlhf_trainer.stage.sources import StageInputError
-    from rlhf_trainer.trainer.inputs import DatasetError
+    """Errors that mean the config or its data must change (exit code 4, not retried): the project's own checks."""
+    from rlhf_trainer.trainer.inputs import InvalidInput
 
-    return StageInputError, DatasetError, ValueError
+    return InvalidInput, ValidationError
 
 
 def check_stages(configs) -> int:
@@ -108,14 +115,14 @@ def launch(command: list[str], env: dict, config, stop: StopSignal) -> int:
     result = StageDir(Path(config.output_dir)).read_result()
     if result is not None:
         return EXIT_OK if result["phase"] == "Succeeded" else EXIT_GUARDRAIL_FAILED
-    return EXIT_STOPPED if stop.requested else code or 1
+    return EXIT_STOPPED if stop.requested else code or EXIT_CRASHED
 
 
 def fail(code: int, message: str) -> int:
     log.error(message)
-    path = os.environ.get("RLHF_TERMINATION_LOG") or (TERMINATION_LOG if os.access(TERMINATION_LOG, os.W_OK) else None)
+    path = os.environ.get(ENV_TERMINATION_LOG) or (TERMINATION_LOG if os.access(TERMINATION_LOG, os.W_OK) else None)
     if path:
-        Path(path).write_text(message[-4000:])  # Kubernetes keeps at most 4 KiB
+        Path(path).write_text(message[-TERMINATION_MESSAGE_LIMIT:])
     return code
 
 

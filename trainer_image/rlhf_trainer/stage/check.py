@@ -7,10 +7,9 @@ Each stage kind's runner module says what it reads with ``dataset_columns(config
 
 from __future__ import annotations
 
-import importlib
-
-from rlhf_trainer.stage.config import ModelSource, StageAssignment, iter_sources
-from rlhf_trainer.stage.runner import RUNNERS
+from rlhf_contract.assignment import StageAssignment
+from rlhf_contract.sources import ModelSource, iter_sources
+from rlhf_trainer.stage.runner import runner
 from rlhf_trainer.stage.sources import StageInputError, load_dataset, model_path
 from rlhf_trainer.trainer.inputs import check_dataset
 
@@ -26,6 +25,5 @@ def check_stage(config: StageAssignment, produced: frozenset[str] = frozenset())
                 model_path(source, config.workspace)
             except StageInputError as exc:
                 raise StageInputError(f"{field}.path: {exc}") from exc
-    runner = importlib.import_module(RUNNERS[config.kind])
-    for field, source, columns in runner.dataset_columns(config):
+    for field, source, columns in runner(config.kind).dataset_columns(config):
         check_dataset(load_dataset(source), columns, name=field)

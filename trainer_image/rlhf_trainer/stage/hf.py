@@ -8,10 +8,11 @@ import os
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
-from rlhf_trainer.stage.config import LoRA, StageAssignment
+from rlhf_contract.assignment import StageAssignment
+from rlhf_contract.settings import LoRA
+from rlhf_contract.workspace import mark_complete, unmark_complete
 from rlhf_trainer.stage.runner import StageContext, StageStopped
 from rlhf_trainer.stage.sources import revision
-from rlhf_trainer.stage.workspace import mark_complete
 
 
 def report_to(config: StageAssignment) -> list[str]:
@@ -102,10 +103,12 @@ class StageCallback(TrainerCallback):
             mark_complete(self.ctx.dir.checkpoint(state.global_step))
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.ctx.stop.requested:
+        if self.ctx.should_stop():
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
+            if state.is_world_process_zero:  # a checkpoint of this step may exist: incomplete until rewritten
+                unmark_complete(self.ctx.dir.checkpoint(state.global_step))
 
 
 def train(trainer, ctx: StageContext, dataset, evaluate: bool) -> dict:

@@ -10,21 +10,22 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
-from rlhf_trainer.stage.config import StageAssignment
+from rlhf_contract.assignment import StageAssignment
+from rlhf_contract.runtime import ENV_MASTER_ADDR, ENV_MASTER_PORT, ENV_NNODES, ENV_NODE_RANK, RENDEZVOUS_PORT
 
 
 def launch_command(config: StageAssignment, config_path: str, env: Mapping[str, str]) -> list[str] | None:
     """The torchrun command that starts this stage's processes, or None when this process runs it alone."""
     if "LOCAL_RANK" in env:  # already one of the launched processes
         return None
-    nnodes = int(env.get("PET_NNODES", "1"))
+    nnodes = int(env.get(ENV_NNODES, "1"))
     nproc = config.distributed.num_processes
     if nnodes * nproc == 1:
         return None
     command = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc}"]
     if nnodes > 1:
-        command += [f"--node_rank={env['PET_NODE_RANK']}", f"--master_addr={env['PET_MASTER_ADDR']}",
-                    f"--master_port={env.get('PET_MASTER_PORT', '29500')}"]
+        command += [f"--node_rank={env[ENV_NODE_RANK]}", f"--master_addr={env[ENV_MASTER_ADDR]}",
+                    f"--master_port={env.get(ENV_MASTER_PORT, str(RENDEZVOUS_PORT))}"]
     else:
         command.append("--standalone")  # a free local port, so concurrent local runs do not clash
     return [*command, "-m", "rlhf_trainer.stage", config_path]

@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import NoReturn
 
 import numpy as np
 import torch
 from transformers import AutoConfig
 
+from rlhf_contract.settings import Guardrails
+from rlhf_contract.stages.ppo import PPOStageConfig
+from rlhf_contract.workspace import mark_complete, unmark_complete
 from rlhf_trainer.core import LengthSampler, set_seed
 from rlhf_trainer.models import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
 from rlhf_trainer.rewards import vader_compound
-from rlhf_trainer.stage.config import Guardrails, PPOStageConfig
 from rlhf_trainer.stage.hf import lora_config, report_to
 from rlhf_trainer.stage.runner import StageContext, StageStopped
 from rlhf_trainer.stage.scoring import make_scorer
@@ -26,8 +30,8 @@ from rlhf_trainer.stage.sources import (
     model_path,
     revision,
 )
-from rlhf_trainer.stage.workspace import mark_complete
-from rlhf_trainer.trainer.ppo import PPOTrainer
+from rlhf_trainer.trainer.ppo import PPOTrainer, StepInterrupted, capture_rng_state, restore_rng_state
+from rlhf_trainer.trainer.ppo_config import PPOConfig
 
 RUNNER_STATE = "runner_state.json"
 SUMMARY_STEPS = 5  # the result compares the mean score of the first and the last this many steps
@@ -58,8 +62,8 @@ def run(ctx: StageContext) -> dict:
     tokenizer = load_tokenizer(config.policy, config.workspace)
     set_seed(config.seed)  # a fresh value head (and adapters) are initialised as the policy loads
     policy = load_policy(config)
-    trainer = PPOTrainer(config.config.model_copy(update=tracking(ctx)), policy, None, tokenizer,
-                         num_shared_layers=config.num_shared_layers)
+    ppo_config = PPOConfig(**config.config.model_dump(), steps=config.steps, seed=config.seed, **tracking(ctx))
+    trainer = PPOTrainer(ppo_config, policy, None, tokenizer, num_shared_layers=config.num_shared_layers)
     device = trainer.accelerator.device
     scorer = make_scorer(config.reward, config.workspace, device)
     dataset = load_dataset(config.dataset)
@@ -79,28 +83,48 @@ def run(ctx: StageContext) -> dict:
     if held_out is not None and state.before is None:
         state.before = evaluate(trainer, held_out, scorer, config, generation)
 
+    trainer.should_stop = ctx.should_stop  # a step stops between its optimisation epochs when asked to
     reason = None
     while state.step < config.steps and reason is None:
-        batch = [queries[i] for i in batch_indices(config, state.step, len(queries), trainer.accelerator)]
-        responses = trainer.generate(batch, return_prompt=False, length_sampler=length_sampler, **generation)
-        query_text = tokenizer.batch_decode(batch, skip_special_tokens=True)
-        response_text = tokenizer.batch_decode(responses, skip_special_tokens=True)
-        scores = scorer(query_text, response_text)
-        stats = trainer.step(batch, responses, [torch.tensor(s) for s in scores])
-        trainer.log_stats(stats, {"query": query_text, "response": response_text}, scores)
+        if trainer.pending_step is None:
+            rng = capture_rng_state()
+            batch = [queries[i] for i in batch_indices(config, state.step, len(queries), trainer.accelerator)]
+            responses = trainer.generate(batch, return_prompt=False, length_sampler=length_sampler, **generation)
+            query_text = tokenizer.batch_decode(batch, skip_special_tokens=True)
+            response_text = tokenizer.batch_decode(responses, skip_special_tokens=True)
+            scores = scorer(query_text, response_text)
+            if ctx.should_stop():  # lose only this generation: a resumed run samples it again, the same way
+                restore_rng_state(rng)
+                stop(trainer, ctx, state)
+            step = partial(trainer.step, batch, responses, [torch.tensor(s) for s in scores])
+            samples = {"query": query_text, "response": response_text}
+        else:  # a stop interrupted this step between its optimisation epochs: finish it
+            scores, step, samples = trainer.pending_step.raw_scores.tolist(), trainer.resume_step, {}
+        try:
+            stats = step()
+        except StepInterrupted:
+            stop(trainer, ctx, state)
+        trainer.log_stats(stats, samples, scores)
         state.step += 1
         state.scores.append(stats["env/reward_mean"])
         state.kls.append(float(stats["objective/kl"]))
         ctx.report(state.step, config.steps, {k: v for k, v in stats.items() if np.ndim(v) == 0})
         reason = guardrail(config.guardrails, state)
-        if reason or ctx.stop.requested or state.step % config.checkpointing.save_steps == 0:
+        stopping = ctx.should_stop()
+        if reason or stopping or state.step % config.checkpointing.save_steps == 0:
             save_checkpoint(trainer, ctx, state)
-        if ctx.stop.requested and reason is None and state.step < config.steps:
+        if stopping and reason is None and state.step < config.steps:
             raise StageStopped
 
     after = evaluate(trainer, held_out, scorer, config, generation) if held_out is not None else None
     save_policy(trainer, ctx, config)
     return {**outcome(config, state, reason, after), "revisions": revisions}
+
+
+def stop(trainer: PPOTrainer, ctx: StageContext, state: LoopState) -> NoReturn:
+    """Checkpoint where the loop is (with the step in progress, if a stop interrupted one) and stop."""
+    save_checkpoint(trainer, ctx, state)
+    raise StageStopped
 
 
 def tracking(ctx: StageContext) -> dict:
@@ -193,6 +217,8 @@ def evaluate(trainer: PPOTrainer, queries: list[torch.Tensor], scorer, config: P
 
 def save_checkpoint(trainer: PPOTrainer, ctx: StageContext, state: LoopState) -> None:
     checkpoint = ctx.dir.checkpoint(state.step)
+    if trainer.accelerator.is_main_process:  # saved again at the same step (a stop): incomplete until rewritten
+        unmark_complete(checkpoint)
     trainer.save_checkpoint(checkpoint)
     if trainer.accelerator.is_main_process:
         (checkpoint / RUNNER_STATE).write_text(json.dumps(asdict(state)))

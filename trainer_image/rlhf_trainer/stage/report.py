@@ -1,9 +1,9 @@
 """Progress reporting behind one small interface: always to ``metrics.jsonl``; in a cluster also an HTTP push.
 
-A record is ``{"stage", "kind", "step", "totalSteps", "metrics": {...}, "time"}``. The push goes to
-``RLHF_STATUS_URL`` with the pod's projected service-account token (``RLHF_STATUS_TOKEN_FILE``) as a bearer
-token; the operator verifies it and patches the RLHFJob's status. Pushes are throttled and never break
-training: a failed push is logged and dropped (the file keeps every record).
+Records are the contract's progress records (``rlhf_contract.progress``). The push goes to ``RLHF_STATUS_URL`` with
+the pod's projected service-account token (``RLHF_STATUS_TOKEN_FILE``) as a bearer token; the operator verifies it
+and patches the RLHFJob's status. Pushes never slow training: they go from a background thread, the newest record
+wins, a failed push is logged and dropped (the file keeps every record), and closing waits a bounded time.
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
+
+from rlhf_contract.progress import progress_record
+from rlhf_contract.runtime import ENV_STATUS_TOKEN_FILE, ENV_STATUS_URL
+from rlhf_contract.workspace import StageDir
 
 log = logging.getLogger(__name__)
 
@@ -37,53 +41,79 @@ class FileReporter:
 
 
 class HttpReporter:
-    """POSTs records as JSON, at most one per ``interval`` seconds; the last record is always sent on close."""
+    """POSTs records as JSON from a background thread, at most one every ``interval`` seconds; a newer record
+    replaces one not sent yet. ``close`` sends the last record and returns within about ``timeout`` seconds, even
+    when the operator does not answer."""
 
     def __init__(self, url: str, token_file: str | None = None, interval: float = PUSH_INTERVAL_SECONDS,
-                 timeout: float = 5.0, clock=time.monotonic):
-        self.url, self.token_file, self.interval, self.timeout, self.clock = url, token_file, interval, timeout, clock
-        self._last_sent = float("-inf")
+                 timeout: float = 5.0):
+        self.url, self.token_file, self.interval, self.timeout = url, token_file, interval, timeout
         self._pending: dict | None = None
+        self._closing = False
+        self._failing = False
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="status-push", daemon=True)
+        self._thread.start()
 
     def report(self, record: dict) -> None:
-        self._pending = record
-        if self.clock() - self._last_sent >= self.interval:
-            self._flush()
+        with self._wake:
+            self._pending = record
+            self._wake.notify()
 
     def close(self) -> None:
-        self._flush()
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(self.timeout + 1.0)
+        if self._thread.is_alive():
+            log.warning("status push to %s did not finish within %.0fs; not waiting for it", self.url, self.timeout)
 
-    def _flush(self) -> None:
-        if self._pending is None:
-            return
-        record, self._pending = self._pending, None
-        self._last_sent = self.clock()
+    def _run(self) -> None:
+        last_sent = float("-inf")
+        while True:
+            with self._wake:
+                while self._pending is None and not self._closing:
+                    self._wake.wait()
+                if self._pending is None:
+                    return  # closing, nothing left to send
+                wait = last_sent + self.interval - time.monotonic()
+                if wait > 0 and not self._closing:
+                    self._wake.wait(wait)  # until the interval has passed, or a close
+                    continue
+                record, self._pending = self._pending, None
+            last_sent = time.monotonic()
+            self._send(record)
+
+    def _send(self, record: dict) -> None:
         headers = {"Content-Type": "application/json"}
-        if self.token_file:
-            # Re-read each time: the kubelet rotates projected tokens.
-            headers["Authorization"] = "Bearer " + Path(self.token_file).read_text().strip()
-        self._post(record, headers)
+        try:
+            if self.token_file:
+                # Re-read each time: the kubelet rotates projected tokens.
+                headers["Authorization"] = "Bearer " + Path(self.token_file).read_text().strip()
+            self._post(record, headers)
+        except Exception as exc:  # noqa: BLE001 - reporting must never stop training
+            if not self._failing:  # one warning per outage, not one per record
+                log.warning("status push to %s failed (later failures are logged at debug level): %s", self.url, exc)
+            else:
+                log.debug("status push to %s failed: %s", self.url, exc)
+            self._failing = True
+            return
+        self._failing = False
 
     def _post(self, record: dict, headers: dict) -> None:
         request = urllib.request.Request(self.url, json.dumps(record).encode(), headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                response.read()
-        except Exception as exc:  # noqa: BLE001 - reporting must never stop training
-            log.warning("status push to %s failed: %s", self.url, exc)
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            response.read()
 
 
 class Reporter:
-    """Sends each record to every sink; stamps stage identity and time."""
+    """Makes progress records of a stage and sends each to every sink."""
 
     def __init__(self, stage: str, kind: str, sinks: list):
         self.stage, self.kind, self.sinks = stage, kind, sinks
 
-    def report(self, step: int, total_steps: int | None, metrics: dict, **extra) -> dict:
-        record = {
-            "stage": self.stage, "kind": self.kind, "step": step, "totalSteps": total_steps,
-            "metrics": metrics, "time": datetime.now(UTC).isoformat(timespec="seconds"), **extra,
-        }
+    def report(self, step: int, total_steps: int | None, metrics: dict, result: dict | None = None) -> dict:
+        record = progress_record(self.stage, self.kind, step, total_steps, metrics, result)
         for sink in self.sinks:
             sink.report(record)
         return record
@@ -95,7 +125,7 @@ class Reporter:
 
 def make_reporter(stage: str, kind: str, stage_dir: str | Path, env=os.environ) -> Reporter:
     """The file sink always; the HTTP sink when ``RLHF_STATUS_URL`` is set."""
-    sinks: list = [FileReporter(Path(stage_dir) / "metrics.jsonl")]
-    if env.get("RLHF_STATUS_URL"):
-        sinks.append(HttpReporter(env["RLHF_STATUS_URL"], env.get("RLHF_STATUS_TOKEN_FILE")))
+    sinks: list = [FileReporter(StageDir(Path(stage_dir)).metrics)]
+    if env.get(ENV_STATUS_URL):
+        sinks.append(HttpReporter(env[ENV_STATUS_URL], env.get(ENV_STATUS_TOKEN_FILE)))
     return Reporter(stage, kind, sinks)

@@ -1,7 +1,8 @@
 """Run one stage: skip it if finished, report progress, stop cleanly on SIGTERM/SIGINT, write result.json last.
 
 Each stage kind has a runner module (``rlhf_trainer.stage.<kind>``) with ``run(ctx) -> dict``: it trains,
-saves ``<stage>/model`` and returns the kind's part of the result. Everything else is here, the same for all.
+saves ``<stage>/model`` and returns the kind's part of the result, and ``dataset_columns(config)``: what it reads
+(for ``--check``). Everything else is here, the same for all kinds.
 """
 
 from __future__ import annotations
@@ -17,15 +18,13 @@ from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
-from rlhf_trainer.stage.config import StageAssignment
+from rlhf_contract.assignment import StageAssignment
+from rlhf_contract.runtime import EXIT_GUARDRAIL_FAILED, EXIT_OK, EXIT_STOPPED
+from rlhf_contract.workspace import StageDir
 from rlhf_trainer.stage.report import Reporter, make_reporter
-from rlhf_trainer.stage.workspace import StageDir
 
 log = logging.getLogger("rlhf_trainer.stage")
 
-RUNNERS = {"sft": "rlhf_trainer.stage.sft", "reward": "rlhf_trainer.stage.reward", "ppo": "rlhf_trainer.stage.ppo"}
-
-EXIT_OK, EXIT_GUARDRAIL_FAILED, EXIT_INVALID_INPUT, EXIT_STOPPED = 0, 3, 4, 143
 VERSIONED_PACKAGES = ("rlhf-operator", "torch", "transformers", "datasets", "accelerate", "peft", "tokenizers")
 
 
@@ -60,9 +59,21 @@ class StageContext:
     reporter: Reporter | None  # None on every process but the main one
     stop: StopSignal = field(default_factory=StopSignal)
 
-    def report(self, step: int, total_steps: int | None, metrics: dict, **extra) -> None:
+    def should_stop(self) -> bool:
+        """Whether to stop now: asked for (SIGTERM, Ctrl-C) on any of the stage's processes. Every process must ask
+        at the same point: they agree on the answer, so that none goes on alone and waits for the others forever."""
+        state = processes()
+        if state.num_processes == 1:
+            return self.stop.requested
+        import torch
+
+        flag = torch.tensor([float(self.stop.requested)], device=state.device)
+        torch.distributed.all_reduce(flag)
+        return bool(flag.item())
+
+    def report(self, step: int, total_steps: int | None, metrics: dict, result: dict | None = None) -> None:
         if self.reporter is not None:
-            self.reporter.report(step, total_steps, _numbers(metrics), **extra)
+            self.reporter.report(step, total_steps, metrics, result)
 
 
 def run_stage(config: StageAssignment, stop: StopSignal | None = None) -> int:
@@ -89,7 +100,7 @@ def run_kind(ctx: StageContext) -> dict:
     """Train with the kind's runner, then write result.json (the main process) and report it."""
     config, stage_dir = ctx.config, ctx.dir
     started, clock = datetime.now(UTC), time.monotonic()
-    outcome = importlib.import_module(RUNNERS[config.kind]).run(ctx)
+    outcome = runner(config.kind).run(ctx)
     processes().wait_for_everyone()
     result = {
         "stage": config.name, "kind": config.kind, "job": config.job_name,
@@ -128,12 +139,6 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _numbers(metrics: dict) -> dict[str, float]:
-    """The numeric entries of ``metrics`` as plain floats (tensors and numpy scalars included)."""
-    out = {}
-    for key, value in metrics.items():
-        if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
-            value = value.item()
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            out[key] = float(value)
-    return out
+def runner(kind: str):
+    """The runner module of a stage kind."""
+    return importlib.import_module(f"rlhf_trainer.stage.{kind}")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import torch
 
-from rlhf_trainer.stage.config import RewardSource
+from rlhf_contract.sources import RewardSource
 from rlhf_trainer.stage.sources import StageInputError, model_kwargs, model_path
 
 Scorer = Callable[[list[str], list[str]], list[float]]
@@ -33,7 +33,7 @@ def _callable(reference: str) -> Scorer:
     def score(queries: list[str], responses: list[str]) -> list[float]:
         scores = [float(s) for s in fn(queries, responses)]
         if len(scores) != len(responses):
-            raise ValueError(f"reward.callable {reference} returned {len(scores)} scores for {len(responses)} "
+            raise StageInputError(f"reward.callable {reference} returned {len(scores)} scores for {len(responses)} "
                              "responses; it must return one per response")
         return scores
 

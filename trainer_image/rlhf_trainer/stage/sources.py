@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rlhf_trainer.stage.config import DatasetSource, HeldOut, ModelSource
+from rlhf_contract.settings import HeldOut
+from rlhf_contract.sources import DatasetSource, ModelSource
+from rlhf_trainer.trainer.inputs import InvalidInput
 
 _DATASET_BUILDERS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}
 
 
-class StageInputError(ValueError):
+class StageInputError(InvalidInput):
     """A model, dataset or setting of the stage config that cannot be used as given."""
 
 

@@ -8,7 +8,12 @@ from collections.abc import Callable, Sequence
 DEFAULT_MAX_LENGTH = 1024
 
 
-class DatasetError(ValueError):
+class InvalidInput(ValueError):
+    """Input the user must change (a setting, a dataset, a model that does not fit it). The stage runner exits with
+    "invalid input, do not retry" on these only; any other error is a crash, retried from the last checkpoint."""
+
+
+class DatasetError(InvalidInput):
     """A dataset that cannot be trained on. ``column`` and ``row`` (0-based) say where, when one is at fault."""
 
     def __init__(self, message: str, *, column: str | None = None, row: int | None = None):
@@ -55,7 +60,7 @@ def check_dataset(dataset, columns: Sequence[str], name: str = "train_dataset") 
 def check_pad_token(tokenizer) -> None:
     """Refuse a tokenizer without a pad token, saying how to add one (we never pick EOS as pad behind your back)."""
     if tokenizer.pad_token_id is None:
-        raise ValueError(
+        raise InvalidInput(
             "The tokenizer has no pad token, so batches cannot be padded. Add one and resize the model: "
             "tokenizer.add_special_tokens({'pad_token': '<pad>'}); model.resize_token_embeddings(len(tokenizer)). "
             "Or set tokenizer.pad_token = tokenizer.eos_token: SFT labels follow the attention mask, not the pad id, "
@@ -69,9 +74,9 @@ def resolve_max_length(requested: int | None, tokenizer, config, field: str) -> 
     if requested is None:
         return min(tokenizer.model_max_length, positions or DEFAULT_MAX_LENGTH, DEFAULT_MAX_LENGTH)
     if requested < 2:
-        raise ValueError(f"{field}={requested} is too small: sequences need at least 2 tokens")
+        raise InvalidInput(f"{field}={requested} is too small: sequences need at least 2 tokens")
     if positions is not None and requested > positions:
-        raise ValueError(
+        raise InvalidInput(
             f"{field}={requested} is more than the model's {positions} positions "
             f"(config.max_position_embeddings); use {field} <= {positions}")
     return requested
@@ -111,5 +116,5 @@ def resolve_fast_path(name: str, requested: bool | None, args, works: Callable[[
     sharded = bool(args.fsdp) or args.deepspeed is not None
     supported = requested is False or (not sharded and works())
     if requested and not supported:
-        raise ValueError(f"{name}=True, but {why_not}, or its weights are sharded (FSDP, DeepSpeed): use {name}=None")
+        raise InvalidInput(f"{name}=True, but {why_not}, or its weights are sharded (FSDP, DeepSpeed): use {name}=None")
     return supported if requested is None else requested

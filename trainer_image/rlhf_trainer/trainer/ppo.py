@@ -12,7 +12,7 @@ import random
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ from rlhf_trainer.trainer.ppo_config import PPOConfig
 from rlhf_trainer.trainer.utils import disable_dropout_in_model
 
 CHECKPOINT_WEIGHTS, CHECKPOINT_STATE = "trainable.safetensors", "trainer_state.pt"
+CHECKPOINT_PENDING_STEP = "pending_step"  # pending_step_<rank>.pt
 
 
 @dataclass
@@ -73,6 +74,31 @@ class Rollout:
     ref_logprobs: torch.Tensor
     values: torch.Tensor
     kl: torch.Tensor
+
+
+@dataclass
+class StepInProgress:
+    """A step past its rollout (steps 1-6 done): what its optimisation epochs and statistics need, and how far
+    they got. Saved with a checkpoint when a stop interrupts the step."""
+
+    batch: PPOBatch
+    rollout: Rollout
+    raw_scores: torch.Tensor
+    scores: torch.Tensor
+    non_score_rewards: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    kl_coef: float
+    learning_rate: float
+    timing: dict
+    seconds: float
+    train_stats: list = field(default_factory=list)
+    epochs_done: int = 0
+    stopped_early: bool = False
+
+
+class StepInterrupted(Exception):
+    """``should_stop`` asked to stop between two optimisation epochs of a step; the step can be resumed."""
 
 
 class PPOTrainer:
@@ -129,6 +155,8 @@ class PPOTrainer:
         self.generation_cache = "dynamic"
         self.compile_generation = False
         self.current_step = 0
+        self.should_stop = None  # a callable: stop a step between its optimisation epochs when it says so
+        self.pending_step: StepInProgress | None = None  # a step a stop interrupted, to finish with resume_step()
         if config.log_with is not None:
             # trackers take flat scalar hyperparameters (tensorboard refuses None and dicts)
             hyperparameters = {key: value if isinstance(value, int | float | str | bool) else str(value)
@@ -139,16 +167,20 @@ class PPOTrainer:
     # ------------------------------------------------------------------ step
     def step(self, queries: list[torch.Tensor], responses: list[torch.Tensor], scores: list[torch.Tensor],
              response_masks: list[torch.Tensor] | None = None) -> dict:
-        """One PPO step on a batch of episodes; returns the statistics of ppo.md.
+        """One PPO step on a batch of episodes; returns the statistics of docs/algorithms/ppo.md.
 
         ``queries``/``responses`` are 1-D token tensors (responses without the prompt, and for encoder-decoders
         without the decoder start token, as ``generate`` returns them), ``scores`` one 0-d tensor each.
         ``response_masks`` (1 = train on this response token) may exclude tokens, e.g. tool outputs. Log-probs
         are taken at ``self.generation_temperature``, which ``generate(temperature=...)`` sets.
+
+        When ``should_stop`` (a callable, None by default) says so after an optimisation epoch, the step stops
+        there and raises `StepInterrupted`; ``save_checkpoint`` then keeps the step's state, and after
+        ``load_checkpoint``, ``resume_step()`` finishes it as if it had never stopped.
         """
         timing, start = {}, time.perf_counter()
-        scores = self._check_inputs(queries, responses, scores, response_masks)                 # 1
-        scores = self._scale_scores(scores)                                                     # 2
+        raw_scores = self._check_inputs(queries, responses, scores, response_masks)             # 1
+        scores = self._scale_scores(raw_scores)                                                 # 2
         batch = self._prepare_model_inputs(queries, responses, response_masks)                  # 3
         with _timer(timing, "time/ppo/forward_pass"):
             rollout = self._rollout(batch)                                                      # 4
@@ -158,21 +190,38 @@ class PPOTrainer:
             rewards, non_score_rewards = self._compute_rewards(scores, rollout.kl, batch.mask)  # 5
         with _timer(timing, "time/ppo/compute_advantages"):
             advantages, returns = self._compute_advantages(rollout.values, rewards, batch.mask)  # 6
-        with _timer(timing, "time/ppo/optimize_step"):
-            learning_rate = self.optimizer.param_groups[0]["lr"]
-            train_stats = self._optimize(batch, rollout, advantages, returns)                   # 7-9
+        work = StepInProgress(batch, rollout, raw_scores, scores, non_score_rewards, advantages, returns, kl_coef,
+                              self.optimizer.param_groups[0]["lr"], timing, time.perf_counter() - start)
+        return self._finish_step(work)
+
+    def resume_step(self) -> dict:
+        """Finish the step a stop interrupted (restored by ``load_checkpoint``); its statistics, as ``step``'s."""
+        if self.pending_step is None:
+            raise RuntimeError("no interrupted step to resume: load_checkpoint() a checkpoint saved mid-step")
+        work, self.pending_step = self.pending_step, None
+        return self._finish_step(work)
+
+    def _finish_step(self, work: StepInProgress) -> dict:
+        """Steps 7-10 of a prepared step, from its first epoch not done yet."""
+        start = time.perf_counter()
+        try:
+            with _timer(work.timing, "time/ppo/optimize_step"):
+                self._optimize(work)                                                            # 7-9
+        except StepInterrupted:
+            work.seconds += time.perf_counter() - start
+            self.pending_step = work
+            raise
         self._free_device_cache()
-        with _timer(timing, "time/ppo/calc_stats"):
-            stats = self._record_step_stats(                                                    # 10
-                batch, rollout, scores, non_score_rewards, advantages, returns, train_stats, kl_coef, learning_rate)
+        with _timer(work.timing, "time/ppo/calc_stats"):
+            stats = self._record_step_stats(work)                                               # 10
         self.kl_ctl.update(stats["objective/kl"], self.config.batch_size * self.accelerator.num_processes)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
         if stats["objective/kl"] < -1:
             warnings.warn(
                 f"objective/kl is {stats['objective/kl']:.2f}: negative KL usually means generation forced or "
-                "suppressed tokens (min_length, bad words, a top_k/top_p the step does not know)", stacklevel=2)
-        stats.update(timing, **{"time/ppo/total": time.perf_counter() - start})
+                "suppressed tokens (min_length, bad words, a top_k/top_p the step does not know)", stacklevel=3)
+        stats.update(work.timing, **{"time/ppo/total": work.seconds + time.perf_counter() - start})
         self.current_step += 1
         return stats
 
@@ -293,12 +342,14 @@ class PPOTrainer:
         return (whiten(advantages, mask) * mask).detach(), returns.detach()
 
     # 7 and 9
-    def _optimize(self, batch: PPOBatch, rollout: Rollout, advantages, returns) -> list[dict]:
-        """ppo_epochs shuffled passes of backward batches split into mini batches; early stopping per epoch."""
-        config = self.config
+    def _optimize(self, work: StepInProgress) -> None:
+        """ppo_epochs shuffled passes of backward batches split into mini batches; early stopping per epoch. A
+        stop asked for (``should_stop``) between epochs raises StepInterrupted, the epochs done kept in ``work``."""
+        config, batch = self.config, work.batch
         self.model.train()  # dropout was switched off at construction: train mode only matters for hooks
-        stats = []
-        for _ in range(config.ppo_epochs):
+        while work.epochs_done < config.ppo_epochs and not work.stopped_early:
+            if work.epochs_done and self.should_stop is not None and self.should_stop():
+                raise StepInterrupted(f"stopped after epoch {work.epochs_done} of {config.ppo_epochs}")
             order = torch.randperm(config.batch_size, device=batch.labels.device)
             epoch_stats = []
             for backward_batch in order.split(config.backward_batch_size):
@@ -308,16 +359,15 @@ class PPOTrainer:
                     sync = i == len(mini_batches) - 1
                     with self.accelerator.no_sync(self.model) if not sync else nullcontext():
                         loss, mini_stats = self._loss(                                              # 8
-                            batch.rows(index), rollout.logprobs[index], rollout.values[index],
-                            advantages[index], returns[index])
+                            batch.rows(index), work.rollout.logprobs[index], work.rollout.values[index],
+                            work.advantages[index], work.returns[index])
                         self.accelerator.backward(loss / config.gradient_accumulation_steps)
                     updated |= not mini_stats.pop("skipped")
                     epoch_stats.append(mini_stats)
                 self._optimizer_step(updated)
-            stats += epoch_stats
-            if config.early_stopping and self._policy_kl(epoch_stats) > 1.5 * config.target_kl:
-                break
-        return stats
+            work.train_stats += epoch_stats
+            work.epochs_done += 1
+            work.stopped_early = config.early_stopping and self._policy_kl(epoch_stats) > 1.5 * config.target_kl
 
     # 8
     def _loss(self, batch: PPOBatch, old_logprobs, old_values, advantages, returns) -> tuple[torch.Tensor, dict]:
@@ -369,19 +419,20 @@ class PPOTrainer:
         return self.accelerator.reduce(policy_kl, "mean").item()
 
     # 10
-    def _record_step_stats(self, batch, rollout, scores, non_score_rewards, advantages, returns, train_stats,
-                           kl_coef, learning_rate) -> dict:
-        """The statistics of ppo.md, reduced over processes (means) or gathered (distributions)."""
+    def _record_step_stats(self, work: StepInProgress) -> dict:
+        """The statistics of docs/algorithms/ppo.md, reduced over processes (means) or gathered (distributions)."""
+        batch, rollout, advantages, returns, train_stats = (work.batch, work.rollout, work.advantages, work.returns,
+                                                             work.train_stats)
         mask = batch.mask
         kl_dist = self._gather((rollout.kl * mask).sum(1))
-        scores = self._gather(scores)
+        scores = self._gather(work.scores)
         query_lengths = self._gather(batch.query_lengths.float())
         response_lengths = self._gather(batch.response_lengths.float())
         selected = mask.bool()
         value_var, return_var = _var(rollout.values, mask), _var(returns, mask)
         means = {
             "objective/entropy": (-rollout.logprobs * mask).sum(1).mean(),
-            "ppo/mean_non_score_reward": masked_mean(non_score_rewards, mask),
+            "ppo/mean_non_score_reward": masked_mean(work.non_score_rewards, mask),
             "ppo/policy/advantages_mean": masked_mean(advantages, mask),
             "ppo/returns/mean": masked_mean(returns, mask),
             "ppo/returns/var": return_var,
@@ -397,7 +448,7 @@ class PPOTrainer:
             "objective/kl_dist": kl_dist,
             "objective/logprobs": self._gather(rollout.logprobs[selected]),
             "objective/ref_logprobs": self._gather(rollout.ref_logprobs[selected]),
-            "objective/kl_coef": kl_coef,
+            "objective/kl_coef": work.kl_coef,
             "ppo/mean_scores": scores.mean().item(),
             "ppo/std_scores": scores.std().item() if len(scores) > 1 else 0.0,
             "tokens/queries_len_mean": query_lengths.mean().item(),
@@ -408,7 +459,7 @@ class PPOTrainer:
             "tokens/responses_dist": response_lengths,
             "ppo/policy/advantages": self._gather(advantages[selected]),
             "ppo/policy/ratio": self._gather(torch.cat([s["ppo/policy/ratio"] for s in train_stats])),
-            "ppo/learning_rate": learning_rate,
+            "ppo/learning_rate": work.learning_rate,
             **means,
         }
         stats["ppo/val/var_explained"] = 1 - stats["ppo/val/error"] / stats["ppo/returns/var"]
@@ -528,7 +579,8 @@ class PPOTrainer:
 
     def save_checkpoint(self, directory) -> None:
         """Everything a resumed run needs, into ``directory``: the trainable weights (adapters and value head
-        only, for a PEFT policy), optimizer, LR schedule, KL coefficient, score statistics and each process's RNG."""
+        only, for a PEFT policy), optimizer, LR schedule, KL coefficient, score statistics, each process's RNG, and
+        each process's part of a step a stop interrupted (``pending_step``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
@@ -544,7 +596,13 @@ class PPOTrainer:
                 "current_step": self.current_step,
                 "generation_temperature": self.generation_temperature,
             }, directory / CHECKPOINT_STATE)
-        torch.save(_rng_state(), directory / f"rng_state_{self.accelerator.process_index}.pt")
+        rank = self.accelerator.process_index
+        torch.save(capture_rng_state(), directory / f"rng_state_{rank}.pt")
+        pending = directory / f"{CHECKPOINT_PENDING_STEP}_{rank}.pt"
+        if self.pending_step is not None:
+            torch.save(self.pending_step, pending)
+        else:
+            pending.unlink(missing_ok=True)
         self.accelerator.wait_for_everyone()
 
     def load_checkpoint(self, directory) -> None:
@@ -565,9 +623,13 @@ class PPOTrainer:
         vars(self.running).update(state["running_moments"])
         self.current_step = state["current_step"]
         self.generation_temperature = state["generation_temperature"]
-        rng = directory / f"rng_state_{self.accelerator.process_index}.pt"
+        rank = self.accelerator.process_index
+        rng = directory / f"rng_state_{rank}.pt"
         if rng.is_file():
-            _set_rng_state(torch.load(rng, weights_only=False))
+            restore_rng_state(torch.load(rng, weights_only=False))
+        pending = directory / f"{CHECKPOINT_PENDING_STEP}_{rank}.pt"
+        self.pending_step = (torch.load(pending, map_location=self.accelerator.device, weights_only=False)
+                             if pending.is_file() else None)
 
     # ------------------------------------------------------------------ small helpers
     @property
@@ -618,14 +680,16 @@ class PPOTrainer:
         return dict(zip(scalars, values.tolist(), strict=True))
 
 
-def _rng_state() -> dict:
+def capture_rng_state() -> dict:
+    """The state of every random generator this process draws from (python, numpy, torch, CUDA)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def restore_rng_state(state: dict) -> None:
+    """Set every random generator back to ``capture_rng_state()``'s state."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])

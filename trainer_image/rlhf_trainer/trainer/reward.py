@@ -24,6 +24,7 @@ from transformers import AutoModelForSequenceClassification, Trainer, TrainingAr
 
 from rlhf_trainer.trainer.inputs import (
     DatasetError,
+    InvalidInput,
     check_dataset,
     check_pad_token,
     prepare_datasets,
@@ -251,7 +252,7 @@ class RewardTrainer(Trainer):
         elif model_init_kwargs:
             raise ValueError("model_init_kwargs apply only when model is a hub id or path, not a model object")
         if model.config.num_labels != 1:
-            raise ValueError(f"a reward model gives one score per text: load it with num_labels=1 "
+            raise InvalidInput(f"a reward model gives one score per text: load it with num_labels=1 "
                              f"(this one has num_labels={model.config.num_labels})")
         tokenizer = resolve_tokenizer(processing_class, tokenizer, model)
         check_pad_token(tokenizer)

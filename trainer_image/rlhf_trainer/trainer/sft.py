@@ -34,6 +34,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from rlhf_trainer.trainer.inputs import (
     DatasetError,
+    InvalidInput,
     check_dataset,
     check_pad_token,
     is_blank,
@@ -307,7 +308,7 @@ def check_documents_isolated(model) -> None:
     logits = model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[:, 3:].float()
     model.train(was_training)
     if (logits[0] - logits[1]).abs().max() > 1e-3 * logits.abs().max().clamp(min=1):
-        raise ValueError(
+        raise InvalidInput(
             f"packing=True, but this {model.config.model_type} model's attention "
             f"({model.config._attn_implementation}) ignores restarting position ids, so packed documents would "
             "attend to each other. Use packing=False with this model.")
@@ -346,7 +347,7 @@ class SFTTrainer(Trainer):
         tokenizer = resolve_tokenizer(processing_class, tokenizer, model)
         check_pad_token(tokenizer)
         if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no EOS token, so the model could not learn to stop: set one with "
+            raise InvalidInput("the tokenizer has no EOS token, so the model could not learn to stop: set one with "
                              "tokenizer.add_special_tokens({'eos_token': ...})")
         self.max_seq_length = resolve_max_length(max_seq_length, tokenizer, model.config, "max_seq_length")
         self.padding_free = has_varlen_attention(model) if padding_free is None else padding_free

@@ -1,8 +1,9 @@
-"""The workspace layout contract (torch-free), shared by the stage runner, ``rlhf run`` and tests.
+"""The workspace layout, shared by the stage runner, ``rlhf run``, the operator and tests (torch-free).
 
     <workspace>/<stage>/model/          the stage's output model (safetensors + tokenizer)
-    <workspace>/<stage>/metrics.jsonl   one record per logging step
+    <workspace>/<stage>/metrics.jsonl   one progress record per logging step (rlhf_contract.progress)
     <workspace>/<stage>/checkpoints/checkpoint-<step>/   resumable state; complete once it holds COMPLETE
+    <workspace>/<stage>/curves.png      the stage's curves, drawn when it ends (where matplotlib is installed)
     <workspace>/<stage>/result.json     written last: its presence means the stage finished (see its phase)
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_DIR, METRICS_FILE, CHECKPOINTS_DIR, RESULT_FILE = "model", "metrics.jsonl", "checkpoints", "result.json"
+CURVES_FILE = "curves.png"
 COMPLETE_MARKER = "COMPLETE"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -52,6 +54,10 @@ class StageDir:
     def result(self) -> Path:
         return self.root / RESULT_FILE
 
+    @property
+    def curves(self) -> Path:
+        return self.root / CURVES_FILE
+
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"checkpoint-{step}"
 
@@ -76,6 +82,11 @@ class StageDir:
 def mark_complete(checkpoint: Path) -> None:
     """Call once everything of a checkpoint is on disk."""
     (checkpoint / COMPLETE_MARKER).write_text("")
+
+
+def unmark_complete(checkpoint: Path) -> None:
+    """Call before writing into a checkpoint that exists: until it is marked complete again, it is not used."""
+    (checkpoint / COMPLETE_MARKER).unlink(missing_ok=True)
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
