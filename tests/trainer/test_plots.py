@@ -29,7 +29,8 @@ def sft_records(steps=40):
     logs = [(s, {"loss": 6.5 * 0.9 ** s, "grad_norm": 1.2, "learning_rate": 1e-3, "epoch": s / 10})
             for s in range(1, steps + 1)]
     logs += [(steps, {"train_loss": 2.1, "epoch": 4.0}), (steps, {"eval_loss": 1.34, "epoch": 4.0})]
-    return stamped("sft", "sft", steps, logs, {"phase": "Succeeded", "metrics": {"train_loss": 2.1, "eval_loss": 1.34}})
+    result = {"phase": "Succeeded", "metrics": {"train_loss": 2.1, "eval_loss": 1.34}}
+    return stamped("sft", "sft", steps, logs, result)
 
 
 def reward_records(steps=20):
@@ -54,8 +55,8 @@ def grpo_records(steps=50):
                 "completions/mean_length": 30 - s / 5, "clip_ratio/region_mean": 0.02, "frac_reward_zero_std": 0.1,
                 "rewards/positive/mean": s / 50, "rewards/positive/std": 0.2, "rewards/short/mean": s / 50,
                 "rewards/short/std": 0.1, "num_tokens": 1000.0 * s}
-    return stamped("grpo", "grpo", steps, [(s, log(s)) for s in range(1, steps + 1)], {"phase": "Succeeded", "metrics": {
-        "rewardBefore": 0.1, "rewardAfter": 1.9}})
+    result = {"phase": "Succeeded", "metrics": {"rewardBefore": 0.1, "rewardAfter": 1.9}}
+    return stamped("grpo", "grpo", steps, [(s, log(s)) for s in range(1, steps + 1)], result)
 
 
 def dpo_records(steps=50):

@@ -123,7 +123,7 @@ def write_curves(kind: str, records: list[dict], path: str | Path) -> Path | Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".tmp")
-    figure.savefig(partial, format="png", metadata={"Software": None})
+    figure.savefig(partial, format="png", dpi=DPI, metadata={"Software": None})
     os.replace(partial, path)  # a reader (the live view, a browser) never sees half a picture
     return path
 
