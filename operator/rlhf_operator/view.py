@@ -42,7 +42,8 @@ HEADLINE: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
             ("eval loss", ("eval_loss",)), ("train loss", ("train_loss",))),
 }
 JUDGES = {"reward": "reward", "vader": "VADER"}  # <key>Before/<key>After in a result's metrics -> its label
-SPEED_WINDOW = 20  # steps/s is measured over this many of the latest records of the current run
+SPEED_WINDOW = 60.0  # seconds: speed is measured over the current run's latest minute (times are whole seconds)
+SPEED_RECORDS = 1000  # ... or its latest this many records, when it logs faster (the cost of a line stays small)
 WIDE = 160  # plain text is this wide: tables keep their rows on one line in logs
 
 
@@ -116,40 +117,51 @@ def key_metrics(kind: str, metrics: Mapping[str, float]) -> list[tuple[str, floa
     return shown
 
 
-def recent_run(records: Sequence[dict], window: int = SPEED_WINDOW) -> list[dict]:
-    """The latest ``window`` training records (with a step and a time; not the closing result) since the stage
-    last (re)started, oldest first. A resumed run logs steps again from its checkpoint: reading back from the
-    end, a step above the one after it belongs to an earlier run. Reads only the end of ``records``."""
+def _training(record: dict) -> bool:
+    """A record of a training step (with a step and a time), not the closing result."""
+    return "result" not in record and record.get("step") is not None and bool(record.get("time"))
+
+
+def last_step(records: Sequence[dict]) -> dict | None:
+    return next((record for record in reversed(records) if _training(record)), None)
+
+
+def recent_run(records: Sequence[dict], seconds: float = SPEED_WINDOW) -> list[dict]:
+    """The training records of the last ``seconds`` since the stage last (re)started, oldest first, with the one
+    before them as the start of the span. A resumed run logs steps again from its checkpoint: reading back from
+    the end, a step above the one after it belongs to an earlier run. Reads only the end of ``records``."""
     run: list[dict] = []
     for record in reversed(records):
-        if "result" in record or record.get("step") is None or not record.get("time"):
+        if not _training(record):
             continue
         if run and record["step"] > run[-1]["step"]:
             break
         run.append(record)
-        if len(run) == window:
+        if _seconds(record, run[0]) >= seconds or len(run) > SPEED_RECORDS:
             break
     return run[::-1]
 
 
-def steps_per_second(records: Sequence[dict], window: int = SPEED_WINDOW) -> float | None:
-    """Training speed over the latest ``window`` records of the current run; None until it can be measured
-    (the records' times are whole seconds)."""
-    run = recent_run(records, window)
+def _seconds(earlier: dict, later: dict) -> float:
+    return (datetime.fromisoformat(later["time"]) - datetime.fromisoformat(earlier["time"])).total_seconds()
+
+
+def steps_per_second(records: Sequence[dict], seconds: float = SPEED_WINDOW) -> float | None:
+    """Training speed over the current run's latest ``seconds``; None until it can be measured (the records'
+    times are whole seconds, so it settles as the span grows)."""
+    run = recent_run(records, seconds)
     if len(run) < 2:
         return None
-    seconds = (datetime.fromisoformat(run[-1]["time"]) - datetime.fromisoformat(run[0]["time"])).total_seconds()
-    steps = run[-1]["step"] - run[0]["step"]
-    return steps / seconds if seconds > 0 and steps > 0 else None
+    span, steps = _seconds(run[0], run[-1]), run[-1]["step"] - run[0]["step"]
+    return steps / span if span > 0 and steps > 0 else None
 
 
 def seconds_left(records: Sequence[dict]) -> float | None:
     """Estimated time to the last step, at the current speed."""
-    run = recent_run(records, window=1)
-    rate = steps_per_second(records)
-    if not run or rate is None or not run[-1].get("totalSteps"):
+    last, rate = last_step(records), steps_per_second(records)
+    if last is None or rate is None or not last.get("totalSteps"):
         return None
-    return max(0, run[-1]["totalSteps"] - run[-1]["step"]) / rate
+    return max(0, last["totalSteps"] - last["step"]) / rate
 
 
 def _steps(step: int | None, total: int | None, align: bool = False) -> str:
@@ -169,7 +181,7 @@ def progress_line(stage: str, kind: str, records: Sequence[dict], width: int = 0
     parts += [f"{label} {number(value)}" for label, value in key_metrics(kind, record.get("metrics", {}))]
     if (rate := steps_per_second(records)) is not None:
         parts.append(speed(rate))
-    if left := seconds_left(records):
+    if (left := seconds_left(records)) is not None and left >= 0.5:
         parts.append(f"ETA {duration(left)}")
     return "  ".join(parts)
 
@@ -275,8 +287,7 @@ class LiveView:
 
     def _row(self, name: str, stage: Stage) -> list[RenderableType]:
         records = self.records[name]
-        run = recent_run(records, window=1)
-        last = run[-1] if run else {}
+        last = last_step(records) or {}
         step, total = last.get("step"), last.get("totalSteps")
         outcome, detail = self.outcomes.get(name, ("", ""))
         if outcome:
@@ -290,9 +301,9 @@ class LiveView:
                           finished_style="red" if outcome == "Failed" else "bar.finished")
         rate, left = steps_per_second(records), seconds_left(records)
         running = name == self.running
-        return [Text(name, style="bold"), bar, Text(_steps(step, total) if run else ""),
+        return [Text(name, style="bold"), bar, Text(_steps(step, total) if last else ""),
                 Text(speed(rate) if rate and running else ""),
-                Text(f"ETA {duration(left)}" if left and running else ""), state]
+                Text(f"ETA {duration(left)}" if left is not None and left >= 0.5 and running else ""), state]
 
 
 _STYLES = {"Succeeded": "green", "Skipped": "green", "Failed": "bold red", "Stopped": "yellow",
@@ -386,8 +397,8 @@ def look_further(workspace: str, command: str) -> RenderableType:
     hints = [(f"tensorboard --logdir {workspace}", "every logged metric, per stage"),
              (f"{command} --status", "the job's status, without running anything"),
              (f"{command} --status -o yaml", "the full status the RLHFJob resource would hold")]
-    width = max(len(hint) for hint, _ in hints)
-    return Text("\nLook further:" + "".join(f"\n  {hint:<{width}}   {what}" for hint, what in hints))
+    width = min(max(len(hint) for hint, _ in hints), 48)  # long commands push their comment right, alone
+    return Text("\nLook further:" + "".join(f"\n  {hint:<{width}}   # {what}" for hint, what in hints))
 
 
 # ---------------------------------------------------------------------------------------------------------------

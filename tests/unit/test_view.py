@@ -97,6 +97,14 @@ def test_speed_is_measured_on_the_run_since_the_last_restart():
     assert progress_line("ppo", "ppo", first_run + resumed).endswith("2.00 s/step  ETA 2 min 58 s")
 
 
+def test_speed_is_that_of_the_last_minute():
+    slow = [ppo_record(s, s, total=1000) for s in range(1, 121)]  # 1 step/s for two minutes
+    fast = [ppo_record(120 + 2 * k, 120 + k, total=1000) for k in range(1, 91)]  # then 2 steps/s
+    assert steps_per_second(slow + fast) == pytest.approx(2.0)
+    assert progress_line("ppo", "ppo", slow + fast).endswith("300/1000  score 30.00  kl 3.00  kl coef 0.50  "
+                                                             "2.00 steps/s  ETA 5 min 50 s")  # 700 steps at 2/s
+
+
 def test_speed_is_unknown_until_the_records_span_a_second():
     same_second = [ppo_record(1, 5), ppo_record(2, 5)]
     assert steps_per_second(same_second) is None
