@@ -186,7 +186,8 @@ def _draw_curves(ax, panel: Panel, lines: list[tuple[Series, tuple]]) -> None:
         (drawn,) = ax.plot(steps, values, label=series.label, marker=marker, markersize=markersize, linewidth=1.2)
         if len(steps) == 1:
             ax.annotate(_number(values[0]), (steps[0], values[0]), textcoords="offset points", xytext=(-7, 0),
-                        ha="right", va="center", fontsize=8, color=drawn.get_color())
+                        ha="right", va="center", fontsize=8, color=drawn.get_color(),
+                        bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.85})
         if spreads is not None:
             ax.fill_between(steps, [v - s for v, s in zip(values, spreads, strict=True)],
                             [v + s for v, s in zip(values, spreads, strict=True)],
