@@ -2,9 +2,9 @@
 
 ``write_curves(kind, records, path)`` picks the panels of the stage's kind (sft, reward, ppo, grpo, dpo), skips
 those whose metrics were never logged, and writes nothing for an empty record list. It draws with matplotlib's
-object API on an Agg canvas (no pyplot, so the caller's backend and open figures are left alone) and strips the
-PNG's version stamp, so the same records give the same bytes. Without matplotlib it logs one line and returns
-None: pictures are a convenience, never a reason for a stage to fail.
+object API on an Agg canvas (no pyplot, so the caller's backend and open figures are left alone); the same
+records give the same bytes (the PNG carries no version stamp). Without matplotlib it logs one line and returns
+None: pictures are a convenience, and matplotlib an optional dependency.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ COLUMNS = 3  # panels per row
 PANEL_SIZE = (4.0, 2.8)  # inches; at DPI 100 a three-panel row is 1200 pixels wide
 DPI = 100
 MARKERS_BELOW = 30  # series with fewer points than this get a marker on each point (eval runs are sparse)
-# A series of one point (one final evaluation, say) has its value written beside it: it has no curve to read.
 
 
 @dataclass(frozen=True)
@@ -184,7 +183,7 @@ def _draw_curves(ax, panel: Panel, lines: list[tuple[Series, tuple]]) -> None:
         marker = "o" if len(steps) < MARKERS_BELOW else None
         markersize = 6 if len(steps) == 1 else 3
         (drawn,) = ax.plot(steps, values, label=series.label, marker=marker, markersize=markersize, linewidth=1.2)
-        if len(steps) == 1:
+        if len(steps) == 1:  # one point (a final evaluation, say) has no curve to read: write its value
             ax.annotate(_number(values[0]), (steps[0], values[0]), textcoords="offset points", xytext=(-7, 0),
                         ha="right", va="center", fontsize=8, color=drawn.get_color(),
                         bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "none", "alpha": 0.85})
