@@ -3,10 +3,10 @@
 #   docker build --target operator -t rlhf-operator:dev .                            # control plane, no torch
 #   docker build --target trainer -t rlhf-trainer:dev .                              # stage pods, CUDA PyTorch
 #   docker build --target trainer --build-arg TORCH=cpu -t rlhf-trainer:dev-cpu .    # stage pods on CPU (kind)
+# Every Python package at the version in constraints.txt, the set the tests ran with (torch included).
 ARG PYTHON_VERSION=3.11
-ARG PYTORCH_VERSION=2.9.0
-ARG CUDA_VERSION=12.8
-# cuda: the PyTorch image's CUDA build of torch; cpu: python slim with the CPU build (no GPU, ~1 GB smaller).
+# cuda: PyPI's build of torch, with its CUDA libraries (the node's NVIDIA driver does the rest);
+# cpu: PyTorch's CPU build (no GPU, several GB smaller). Both are constraints.txt's torch version.
 ARG TORCH=cuda
 
 # The project as a wheel: sources and build tools stay out of the final images.
@@ -26,8 +26,9 @@ LABEL org.opencontainers.image.title="rlhf-operator" \
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY constraints.txt /tmp/constraints.txt
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install --no-cache-dir "$(echo /wheels/*.whl)[operator]"
+    pip install --no-cache-dir --constraint /tmp/constraints.txt "$(echo /wheels/*.whl)[operator]"
 # The UID the chart's pod securityContext runs as (charts/rlhf-operator/values.yaml).
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin rlhf
 USER 10001:10001
@@ -35,12 +36,14 @@ EXPOSE 8080
 ENTRYPOINT ["rlhf", "operator"]
 
 
-# Base images of the trainer, chosen by --build-arg TORCH (only the chosen one is built).
-FROM pytorch/pytorch:${PYTORCH_VERSION}-cuda${CUDA_VERSION}-cudnn9-runtime AS torch-cuda
+# torch for the trainer, chosen by --build-arg TORCH (only the chosen one is built).
+FROM python:${PYTHON_VERSION}-slim AS torch-cuda
+COPY constraints.txt /tmp/constraints.txt
+RUN pip install --no-cache-dir --constraint /tmp/constraints.txt torch
 
 FROM python:${PYTHON_VERSION}-slim AS torch-cpu
-ARG PYTORCH_VERSION
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==${PYTORCH_VERSION}"
+COPY constraints.txt /tmp/constraints.txt
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu --constraint /tmp/constraints.txt torch
 
 
 # The trainer: every stage pod runs `python -m rlhf_trainer.stage /etc/rlhf/stage.json` with the workspace PVC at
@@ -60,11 +63,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TORCHINDUCTOR_CACHE_DIR=/workspace/.cache/torchinductor \
     TRITON_CACHE_DIR=/workspace/.cache/triton \
     MPLCONFIGDIR=/workspace/.cache/matplotlib
-# The constraint keeps the base image's torch build: the [trainer] extra must not swap it for another.
+# torch is already the constrained version (either build), so pip keeps it.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch-constraint.txt \
-    && pip install --no-cache-dir --constraint /tmp/torch-constraint.txt "$(echo /wheels/*.whl)[trainer]" \
-    && rm /tmp/torch-constraint.txt
+    pip install --no-cache-dir --constraint /tmp/constraints.txt "$(echo /wheels/*.whl)[trainer]" \
+    && rm /tmp/constraints.txt
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # UID/GID 1000: the runAsUser and fsGroup the operator gives stage pods, so the workspace PVC is writable.
 # A base image may already have a user 1000 (Ubuntu 24.04 has "ubuntu"): it makes way for ours.

@@ -2,16 +2,16 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-TORCH_VERSION ?= 2.13.0
 
 .PHONY: demo test lint crd venv tools clean
 
-$(BIN)/.installed: pyproject.toml
+# Every version from constraints.txt, the same set the images install. torch first, on its own: pinned, it is the
+# CPU build here; an unpinned torch would pull a multi-GB CUDA build.
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# The CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build.
-	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install --quiet -e ".[trainer,operator,dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt torch
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[trainer,operator,dev]"
 	touch $@
 
 venv: $(BIN)/.installed

@@ -92,3 +92,15 @@ def test_trainer_image_runs_the_stage_entrypoint_as_uid_1000_with_caches_on_the_
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for name, a in trainer if name == "ENV")))
     assert env["HF_HOME"].startswith("/workspace/")
     assert env["XDG_CACHE_HOME"].startswith("/workspace/")
+
+
+def test_what_ships_is_what_was_tested_every_install_uses_the_one_constraints_file():
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert pins["torch"].count(".") == 2  # one exact torch for CI, `make` and both images
+    installs = [arguments for stage in dockerfile_stages().values() for name, arguments in stage
+                if name == "RUN" and "pip install" in arguments]
+    assert installs and all("--constraint /tmp/constraints.txt" in install for install in installs)
+    makefile = (REPO / "Makefile").read_text()
+    assert makefile.count("pip install --quiet -c constraints.txt") == 2
+    assert "constraints.txt" in (REPO / ".dockerignore").read_text()
