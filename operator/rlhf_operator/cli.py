@@ -34,7 +34,11 @@ WORKSPACES = "rlhf-workspace"
 
 
 class UserError(Exception):
-    """Bad input, with a message that says what and where."""
+    """Bad input, with a message that says what and where; ``rlhf`` exits with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 # --- reading files --------------------------------------------------------------------------------------------
@@ -278,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except UserError as e:
         print(f"rlhf: {e}".replace("\n", "\nrlhf: "), file=sys.stderr)
-        return 1
+        return e.exit_code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the module itself, not this __main__ copy: its UserError is the one the other modules raise.
+    from rlhf_operator.cli import main as module_main
+
+    sys.exit(module_main())

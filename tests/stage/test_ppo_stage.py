@@ -135,3 +135,27 @@ def test_sigterm_saves_a_checkpoint_of_the_current_step(plan_stages):
     assert process.wait(60) == 143
     last = read_metrics(stage.metrics)[-1]["step"]
     assert stage.latest_checkpoint().name == f"checkpoint-{last}"
+
+
+def test_sigterm_in_the_middle_of_a_step_checkpoints_it_and_the_rerun_finishes_it_with_the_steps_unchanged(
+        plan_stages):
+    # Long optimisation (many epochs), short generation: a stop 0.3 s after a step ends lands inside the next step.
+    config = {**PPO["config"], "batchSize": 8, "miniBatchSize": 2, "ppoEpochs": 40}
+    files = plan_stages(tiny_spec(ppo=ppo(steps=4, config=config, checkpointing={"saveSteps": 1000})))
+    stage = stage_dir(files["ppo"])
+    process = start_stage(files["ppo"])
+    while len(read_metrics(stage.metrics)) < 1:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.02)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(120) == 143
+    checkpoint = stage.latest_checkpoint()
+    assert checkpoint.name == "checkpoint-1"
+    assert (checkpoint / "pending_step_0.pt").is_file()  # step 2's rollout and the epochs it had done
+
+    done = run_stage(files["ppo"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = stage.read_result()
+    assert result["steps"] == result["totalSteps"] == 4 and len(result["scores"]) == 4
+    assert [r["step"] for r in read_metrics(stage.metrics) if "result" not in r] == [1, 2, 3, 4]

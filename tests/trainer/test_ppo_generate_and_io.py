@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from rlhf_trainer import PPOConfig, PPOTrainer
 from rlhf_trainer.core import LengthSampler, set_seed
+from rlhf_trainer.trainer.ppo import StepInterrupted
 
 
 class _CountTo:
@@ -137,3 +138,37 @@ def test_resuming_from_a_checkpoint_continues_exactly(tiny_model, tiny_tokenizer
     again = resumed.step(*batches[2], scores[2])
     for key in ("ppo/loss/policy", "ppo/loss/value", "objective/kl", "ppo/mean_scores", "objective/kl_coef"):
         assert again[key] == pytest.approx(uninterrupted[key], rel=1e-4, abs=1e-6), key
+
+
+def test_a_step_stopped_between_its_epochs_resumes_exactly_from_its_checkpoint(tiny_model, tiny_tokenizer, tmp_path):
+    """A stop asked for in the middle of a step's optimisation epochs: the step's state goes into the checkpoint,
+    and a fresh trainer finishes the step and trains on exactly as if nothing had stopped."""
+    path = tiny_model("tiny-gpt2")
+    settings = {"learning_rate": 1e-3, "ppo_epochs": 3, "use_score_scaling": True}
+    scores = [torch.tensor(float(i)) for i in range(4)]
+    sampler = make_trainer(path, tiny_tokenizer, **settings)
+    batches = [rollout(sampler, tiny_tokenizer, 4) for _ in range(3)]
+    set_seed(0)  # the same fresh value head; each trainer then seeds the RNG its epochs shuffle with
+    straight = make_trainer(path, tiny_tokenizer, **settings)
+    expected = [straight.step(qs, rs, scores) for qs, rs in batches]
+
+    set_seed(0)
+    stopped = make_trainer(path, tiny_tokenizer, **settings)
+    stopped.step(*batches[0], scores)
+    asked = iter([False, True])  # asked after epoch 1 (go on) and after epoch 2 (stop)
+    stopped.should_stop = lambda: next(asked)
+    with pytest.raises(StepInterrupted, match="after epoch 2 of 3"):
+        stopped.step(*batches[1], scores)
+    assert stopped.pending_step.epochs_done == 2
+    stopped.save_checkpoint(tmp_path / "checkpoint")
+
+    resumed = make_trainer(path, tiny_tokenizer, **settings)
+    resumed.load_checkpoint(tmp_path / "checkpoint")
+    finished = resumed.resume_step()
+    again = resumed.step(*batches[2], scores)
+    for got, want in ((finished, expected[1]), (again, expected[2])):
+        for key in ("ppo/loss/policy", "ppo/loss/value", "objective/kl", "ppo/mean_scores", "objective/kl_coef"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
+    for (name, p), q in zip(resumed.model.named_parameters(), straight.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6), name
+    assert resumed.pending_step is None and resumed.current_step == 3

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rlhf_contract.assignment import StageAssignment
 from rlhf_contract.runtime import EXIT_GUARDRAIL_FAILED, EXIT_OK, EXIT_STOPPED
-from rlhf_contract.workspace import StageDir
+from rlhf_contract.workspace import StageDir, read_metrics
 from rlhf_trainer.stage.report import Reporter, make_reporter
 
 log = logging.getLogger("rlhf_trainer.stage")
@@ -116,9 +116,21 @@ def run_kind(ctx: StageContext) -> dict:
         **outcome,
     }
     if ctx.reporter is not None:
+        draw_curves(config.kind, stage_dir, result)
         stage_dir.write_result(result)
         ctx.report(result.get("steps", 0), result.get("totalSteps"), result.get("metrics", {}), result=result)
     return result
+
+
+def draw_curves(kind: str, stage_dir: StageDir, result: dict) -> None:
+    """The stage's curves as ``<stage>/curves.png`` (skipped where matplotlib is not installed); a picture that
+    cannot be drawn is worth a warning, never the stage."""
+    from rlhf_trainer.plots import write_curves
+
+    try:
+        write_curves(kind, [*read_metrics(stage_dir.metrics), {"result": result}], stage_dir.curves)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not draw the curves of stage %s: %s", stage_dir.root.name, exc)
 
 
 def processes():
