@@ -6,6 +6,7 @@ The test talks to the cluster with the official ``kubernetes`` client, as kubect
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import socket
@@ -20,6 +21,7 @@ from pathlib import Path
 import jsonschema
 import kubernetes
 import kubernetes_validate
+import yaml
 from crd_checks import unknown_fields
 from kmock_cluster import RLHFJOBS, RunningCluster
 from kopf.testing import KopfRunner
@@ -30,12 +32,33 @@ from rlhf_operator.crd import crd
 from rlhf_operator.kube import USER_AGENT
 
 KUBERNETES_VERSION = "1.32"
+ROOT = Path(__file__).parents[2]
+DEMO = yaml.safe_load((ROOT / "manifests" / "examples" / "sentiment-tiny.yaml").read_text())
+NS = "team-a"
 # kubernetes_validate reads its schemas from disk on every call; the tests validate hundreds of objects.
 kubernetes_validate.utils.schema_contents = functools.cache(kubernetes_validate.utils.schema_contents)
 
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def rlhfjob(name: str, namespace: str = NS, **spec) -> dict:
+    """The demo RLHFJob (sentiment-tiny) under another name, with ``spec`` fields replaced."""
+    body = copy.deepcopy(DEMO)
+    body["metadata"] = {"name": name, "namespace": namespace}
+    body["spec"].update(spec)
+    return body
+
+
+def names(cluster, resource: str) -> list[str]:
+    return sorted(obj["metadata"]["name"] for obj in cluster.cluster.stored(resource, NS))
+
+
+def run_stage(api, job: str) -> None:
+    """The Job controller ran the stage's pods to success."""
+    api.start_job(NS, job)
+    api.complete_job(NS, job)
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 15.0, what: str = "the condition") -> object:

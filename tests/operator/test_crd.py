@@ -161,7 +161,7 @@ def test_strict_decoding_names_a_misspelled_field():
         (demo(spec__model__builtin="tiny-gpt3"), "spec.model.builtin"),
         (demo(spec__stages__ppo__reward__callable="not callable"), "spec.stages.ppo.reward.callable"),
         (demo(spec__stages__ppo__steps=None), "spec.stages.ppo"),
-        # what the API server refuses in the objects the operator would create (issue: child refusals)
+        # what the API server refuses in the objects the operator would create (their fields are bounded)
         (demo(spec__stages__ppo__workers=200000), "spec.stages.ppo.workers"),
         (demo(spec__stages__ppo__backoffLimit=2147483648), "spec.stages.ppo.backoffLimit"),
         (demo(spec__storage__size="-1Gi"), "spec.storage.size"),

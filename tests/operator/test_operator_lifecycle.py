@@ -3,37 +3,14 @@
 The test plays the Job controller (Job status as kube-apiserver 1.32 writes it), the kubelet (pods, projected
 tokens) and the trainer (progress pushes with the stage runner's own reporter)."""
 
-import copy
-from pathlib import Path
 
 import pytest
-import yaml
-from harness import now, wait_for, wait_idle
+from harness import NS, names, now, rlhfjob, run_stage, wait_for, wait_idle
 
 from rlhf_operator import controller
 from rlhf_operator.api import GROUP, PLURAL, VERSION
 from rlhf_operator.status import progress_patch
 from rlhf_trainer.stage.report import HttpReporter, Reporter
-
-ROOT = Path(__file__).parents[2]
-DEMO = yaml.safe_load((ROOT / "manifests" / "examples" / "sentiment-tiny.yaml").read_text())
-NS = "team-a"
-
-
-def rlhfjob(name: str, namespace: str = NS, **spec) -> dict:
-    body = copy.deepcopy(DEMO)
-    body["metadata"] = {"name": name, "namespace": namespace}
-    body["spec"].update(spec)
-    return body
-
-
-def names(cluster, resource: str) -> list[str]:
-    return sorted(obj["metadata"]["name"] for obj in cluster.cluster.stored(resource, NS))
-
-
-def run_stage(api, job: str) -> None:
-    api.start_job(NS, job)
-    api.complete_job(NS, job)
 
 
 def wait_events(api, name: str, *reasons: str) -> list[str]:

@@ -6,27 +6,14 @@ import json
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
-import yaml
-from harness import operator_requests, wait_for, wait_idle
+from harness import DEMO, NS, operator_requests, rlhfjob, wait_for, wait_idle
 
 from rlhf_operator.api import RLHFJobSpec
 from rlhf_operator.plan import make_plan
 from rlhf_operator.resources import Owner, stage_job, workspace_claim
 from rlhf_operator.settings import OperatorSettings
-
-ROOT = Path(__file__).parents[2]
-DEMO = yaml.safe_load((ROOT / "manifests" / "examples" / "sentiment-tiny.yaml").read_text())
-NS = "team-a"
-
-
-def rlhfjob(name: str, **spec) -> dict:
-    body = copy.deepcopy(DEMO)
-    body["metadata"] = {"name": name, "namespace": NS}
-    body["spec"].update(spec)
-    return body
 
 
 def with_stage(stage: str, **fields) -> dict:
@@ -63,7 +50,7 @@ def container(spec: dict) -> dict:
     return spec["template"]["spec"]["containers"][0]
 
 
-# The six refusals seen on a real API server (issue 11), as the operator's Job and claim would carry them.
+# The six refusals seen on a real API server (kube-apiserver 1.32), as the operator's Job and claim would carry them.
 SIX = [
     ("jobs", job_with(lambda s: s.update(completionMode="Indexed", completions=200000, parallelism=200000)), 422,
      "spec.parallelism: Invalid value: 200000: must be less than or equal to 100000 when completion mode is Indexed"),

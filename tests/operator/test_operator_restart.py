@@ -4,8 +4,7 @@ creates nothing twice and loses no status."""
 import json
 from collections import Counter
 
-from harness import running_operator, wait_idle
-from test_operator_lifecycle import NS, names, rlhfjob, run_stage
+from harness import NS, names, rlhfjob, run_stage, running_operator, wait_idle
 
 from rlhf_operator.plan import make_plan
 from rlhf_operator.resources import Owner, stage_config_map

@@ -2,8 +2,7 @@
 
 import time
 
-from harness import running_operator, wait_for, wait_idle
-from test_operator_lifecycle import NS, rlhfjob
+from harness import NS, rlhfjob, running_operator, wait_for, wait_idle
 
 from rlhf_operator.api import GROUP, PLURAL, VERSION
 

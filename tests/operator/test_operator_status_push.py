@@ -1,8 +1,7 @@
 """POST /v1/status: only a stage's own pods, with a projected token for the operator's audience, write status."""
 
 import pytest
-from harness import running_operator, wait_for
-from test_operator_lifecycle import NS, rlhfjob
+from harness import NS, rlhfjob, running_operator, wait_for
 
 from rlhf_operator import server
 
@@ -61,7 +60,8 @@ def test_a_push_from_a_pod_that_is_not_the_stages_is_rejected_and_counted(cluste
     other_pod = api.create_pod(NS, api.wait_job(NS, "other-sft")["metadata"]["name"])
     other = {**RECORD, "stage": "sft", "kind": "sft", "metrics": {"loss": 9.0}}
     assert operator.push(other, cluster.cluster.issue_pod_token(NS, other_pod))[0] == 200
-    assert "sft" not in (api.status(NS, "target")["stages"]["sft"].get("metrics") or {})
+    wait_for(lambda: (api.status(NS, "other")["stages"]["sft"].get("metrics") or {}).get("loss") == 9.0)
+    assert "loss" not in (api.status(NS, "target")["stages"]["sft"].get("metrics") or {})
     assert api.status(NS, "other")["stages"]["sft"]["metrics"] == {"loss": 9.0}
 
     assert rejected(operator, "forbidden") == 2

@@ -1,6 +1,7 @@
 """The ppo stage as the trainer image runs it: rewards, guardrails, kill and resume, progress pushes."""
 
 import json
+import os
 import signal
 import threading
 import time
@@ -90,6 +91,21 @@ def test_reward_classifier_label_is_used_and_a_wrong_label_is_refused(plan_stage
     done = run_stage(files["ppo"])
     assert done.returncode == 4
     assert "'HAPPY'" in done.stderr and "POSITIVE" in done.stderr
+
+
+def test_an_error_inside_a_library_is_a_crash_to_retry_with_its_message_kept_not_bad_input(plan_stages, tmp_path):
+    # A ValueError from someone else's code (here the reward function's) is not the job's input being invalid: the
+    # stage exits 1 (the Job retries it) and says what happened, where exit 4 would have ended the job for good.
+    (tmp_path / "fragile_judge.py").write_text(
+        "def score(queries, responses):\n    raise ValueError('the judge fell over')\n")
+    files = plan_stages(tiny_spec(ppo=ppo(steps=2, reward={"callable": "fragile_judge:score"})))
+    termination = tmp_path / "termination.log"
+    env = stage_env(RLHF_TERMINATION_LOG=str(termination))
+    env["PYTHONPATH"] += os.pathsep + str(tmp_path)
+    done = run_stage(files["ppo"], env=env)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert termination.read_text() == "stage ppo crashed: ValueError: the judge fell over"
+    assert "Traceback" in done.stderr  # the log keeps where it happened
 
 
 @pytest.mark.parametrize(("action", "exit_code", "phase"), [("stop", 0, "Succeeded"), ("fail", 3, "Failed")])

@@ -1,4 +1,4 @@
-"""PPOTrainer.step: the traps of ppo.md and every knob of issue 3, on tiny local models."""
+"""PPOTrainer.step: the traps of docs/algorithms/ppo.md and every PPOConfig knob, on tiny local models."""
 
 import copy
 import math

@@ -1,4 +1,4 @@
-"""Value-head models and the reference model (issue 2, section 3)."""
+"""Value-head models and the reference model (docs/algorithms/ppo.md, "Models")."""
 
 import warnings
 
