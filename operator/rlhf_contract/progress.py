@@ -58,15 +58,20 @@ class ProgressRecord(Schema):
     metrics: dict[str, Any] = Field(
         default_factory=dict, description="The trainer's numbers at this step (anything else is ignored).")
     time: str | None = Field(None, description="When it was recorded (RFC 3339).")
+    estimated_remaining_seconds: float | None = Field(
+        None, ge=0, description="Seconds the stage needs for its remaining steps, at its pace in this run.")
     result: dict[str, Any] | None = Field(None, description="The stage's result (result.json), on its last record.")
 
 
 def progress_record(stage: str, kind: str, step: int, total_steps: int | None, metrics: dict[str, Any],
-                    result: dict | None = None, time: str | None = None) -> dict[str, Any]:
+                    result: dict | None = None, time: str | None = None,
+                    estimated_remaining_seconds: float | None = None) -> dict[str, Any]:
     """A progress record as JSON-ready data: the finite numbers of ``metrics`` (tensors and numpy scalars
     included), stamped with the time."""
     record = {"stage": stage, "kind": kind, "step": step, "totalSteps": total_steps, "metrics": numbers(metrics),
               "time": time or now_rfc3339()}
+    if estimated_remaining_seconds is not None:
+        record["estimatedRemainingSeconds"] = round(estimated_remaining_seconds, 1)
     if result is not None:
         record["result"] = result
     return record

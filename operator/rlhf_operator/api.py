@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, create_model, model_validator
+from pydantic.alias_generators import to_snake
 
 from rlhf_contract.kinds import STAGE_ORDER, Kind, StageKind
 from rlhf_contract.progress import Phase
@@ -397,17 +398,62 @@ class StageStatus(Schema):
     job: str | None = Field(None, description="Name of the stage's Job.")
     start_time: datetime | None = Field(None, description="When the stage's Job was created.")
     completion_time: datetime | None = Field(None, description="When the stage finished.")
+    steps: int | None = Field(None, ge=0, description="Steps done, once it finished.")
+    total_steps: int | None = Field(None, ge=0, description="Steps planned.")
+    duration_seconds: float | None = Field(None, ge=0, description="Seconds it trained (its last run).")
     output: str | None = Field(None, description="The stage's directory in the workspace.")
-    metrics: dict[str, float] | None = Field(
-        None, description="The stage's latest metrics (loss, accuracy, mean score, ...).")
     retries: int | None = Field(None, ge=0, description="Times the stage's pod was retried.")
     reason: str | None = Field(None, description="Why the stage is in its phase, in CamelCase.")
     message: str | None = Field(None, description="Details for people.")
 
 
+def _numbers(kind: Kind, numbers: dict) -> dict:
+    """Model fields (snake_case) for a kind's numbers."""
+    return {to_snake(name): (float | None, Field(None, description=number.description))
+            for name, number in numbers.items()}
+
+
+class _LiveStatus(Schema):
+    step: int | None = Field(None, ge=0, description="Steps done.")
+    total_steps: int | None = Field(None, ge=0, description="Steps in all.")
+    updated_at: datetime | None = Field(None, description="When these were reported.")
+
+
+LIVE_STATUSES: dict[str, type[Schema]] = {
+    name: create_model(f"{kind.stage.__name__.removesuffix('Stage')}Status", __base__=_LiveStatus,
+                       __doc__=f"Live statistics of the {name} stage, updated as it trains.",
+                       **_numbers(kind, kind.live))
+    for name, kind in KINDS.items() if kind.live}
+"""``status.<kind>`` of each kind that reports live numbers."""
+
+
+def _stage_status(kind: Kind) -> type[StageStatus]:
+    results = create_model(f"{kind.stage.__name__.removesuffix('Stage')}Results", __base__=Schema,
+                           __doc__=f"The {kind.name} stage's headline results.", **_numbers(kind, kind.results))
+    return create_model(f"{results.__name__.removesuffix('Results')}StageStatus", __base__=StageStatus,
+                        __doc__=StageStatus.__doc__,
+                        results=(results | None, Field(None, description="Its headline results, once it ended.")))
+
+
 StageStatuses = create_model(
     "StageStatuses", __base__=Schema, __doc__="Each stage's status, by stage.",
-    **{name: (StageStatus | None, None) for name in KINDS})
+    **{name: (_stage_status(kind) | None, Field(None, description=f"The {name} stage."))
+       for name, kind in KINDS.items()})
+
+
+class Progress(Schema):
+    """How far the running stage is (the last stage's, once the job has ended), as its trainer reports it."""
+
+    stage: StageKind | None = Field(None, description="The stage.")
+    step: int | None = Field(None, ge=0, description="Steps done.")
+    total_steps: int | None = Field(None, ge=0, description="Steps in all.")
+    percentage: int | None = Field(None, ge=0, le=100, description="Percent of the steps done.")
+    estimated_remaining_seconds: int | None = Field(
+        None, ge=0, description="Seconds left at the trainer's recent pace.")
+    eta: str | None = Field(None, description="The time left, for people (1h02m, 5m10s, 40s).")
+    reward: float | None = Field(None, description="The stage's latest mean reward (PPO, GRPO).")
+    kl: float | None = Field(None, description="The policy's latest KL from the reference (PPO, GRPO).")
+    updated_at: datetime | None = Field(None, description="When the trainer reported it.")
 
 
 class Condition(Schema):
@@ -427,6 +473,7 @@ class _RLHFJobStatus(Schema):
     phase: Phase | None = Field(None, description="Where the job is.")
     stage: StageKind | None = Field(None, description="The stage running now, or the last one run.")
     stages: StageStatuses | None = Field(None, description="Each stage's status.")
+    progress: Progress | None = Field(None, description="How far the running stage is.")
     conditions: list[Condition] | None = Field(
         None, description="The job's conditions, one per type.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
@@ -437,9 +484,8 @@ class _RLHFJobStatus(Schema):
 
 RLHFJobStatus = create_model(
     "RLHFJobStatus", __base__=_RLHFJobStatus, __doc__=_RLHFJobStatus.__doc__,
-    **{name: (kind.live | None, Field(None, description=kind.live.__doc__))
-       for name, kind in KINDS.items() if kind.live is not None})
-"""The status: the fields above, plus ``<kind>``: the live statistics of each kind that has them (``ppo``)."""
+    **{name: (live | None, Field(None, description=live.__doc__)) for name, live in LIVE_STATUSES.items()})
+"""The status: the fields above, plus ``<kind>``: the live statistics of each kind (``status.ppo``, ...)."""
 
 
 # --- the resource ---------------------------------------------------------------------------------------------

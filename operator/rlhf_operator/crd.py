@@ -28,12 +28,19 @@ from rlhf_operator.api import (
 
 HEADER = "# Generated from rlhf_operator/api.py by `rlhf crd` (`make crd`). Do not edit.\n"
 
+# `kubectl get rlhfjobs`; the priority 1 columns only with `-o wide`. Step, reward and KL are the running stage's,
+# whichever its kind (status.progress).
 PRINTER_COLUMNS = [
     {"name": "Stage", "type": "string", "jsonPath": ".status.stage", "description": "The stage running now."},
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the job is."},
-    {"name": "Step", "type": "integer", "jsonPath": ".status.ppo.step", "description": "PPO steps done."},
-    {"name": "Reward", "type": "number", "jsonPath": ".status.ppo.meanReward", "description": "PPO mean score."},
-    {"name": "KL", "type": "number", "jsonPath": ".status.ppo.kl", "description": "KL from the reference."},
+    {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "description": "Steps of the stage done."},
+    {"name": "Reward", "type": "number", "jsonPath": ".status.progress.reward",
+     "description": "The stage's latest mean reward (PPO, GRPO)."},
+    {"name": "KL", "type": "number", "jsonPath": ".status.progress.kl", "description": "KL from the reference."},
+    {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percentage", "priority": 1,
+     "description": "Percent of the stage's steps done."},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "priority": 1,
+     "description": "The stage's time left at its recent pace."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

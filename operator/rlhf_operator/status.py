@@ -21,6 +21,7 @@ from rlhf_contract.stages import KINDS
 from rlhf_operator.plan import PlanError
 
 TERMINAL = ("Succeeded", "Failed")
+CONDITION_MESSAGE_LIMIT = 600
 INVALID_SPEC = "InvalidSpec"
 FORBIDDEN = "Forbidden"
 SPEC_REASONS = (INVALID_SPEC, FORBIDDEN)
@@ -28,6 +29,8 @@ SPEC_REASONS = (INVALID_SPEC, FORBIDDEN)
 COMPLETED = "Completed"
 POD_SECURITY = "PodSecurityViolation"
 POD_CREATION = "PodCreationFailed"
+PUSHED = ("steps", "totalSteps", "durationSeconds", "results")
+"""The fields of a stage's status entry that its trainer's last progress record fills in."""
 # Reasons the operator gives a stage that has not finished; any other reason on such a stage was reported by its
 # pod (the PPO guardrail that is ending it) and is kept.
 _PASSING_REASONS = {"Suspended", "Queued", POD_SECURITY, POD_CREATION}
@@ -61,13 +64,19 @@ def set_condition(conditions: list[dict] | None, kind: str, status: bool, reason
     status changes)."""
     value = "True" if status else "False"
     old = find_condition(conditions, kind)
-    condition = {"type": kind, "status": value, "reason": reason, "message": message,
+    condition = {"type": kind, "status": value, "reason": reason, "message": one_line(message),
                  "lastTransitionTime": old["lastTransitionTime"] if old and old.get("status") == value else now}
     if generation is not None:
         condition["observedGeneration"] = generation
     if old is None:
         return [*(conditions or []), condition]
     return [condition if c is old else c for c in conditions]
+
+
+def one_line(text: str, limit: int = CONDITION_MESSAGE_LIMIT) -> str:
+    """``text`` on one line (``kubectl describe`` shows a condition's message in a column), cut to ``limit``."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def condition_reason(text: str) -> str:
@@ -147,12 +156,12 @@ def _event_time(event: dict) -> datetime:
 # --- progress records pushed by trainer pods ------------------------------------------------------------------
 
 def live_status(record: ProgressRecord, now: str) -> dict | None:
-    """``status.<kind>`` from a progress record of a kind with live statistics (PPO's), else None."""
+    """``status.<kind>`` from a progress record: the kind's live numbers (``rlhf_contract.kinds``)."""
     kind = KINDS.get(record.kind)
-    if kind is None or kind.live is None:
+    if kind is None or not kind.live:
         return None
     metrics = numbers(record.metrics)
-    status: dict[str, Any] = {field: metrics[key] for field, key in kind.live_metrics.items() if key in metrics}
+    status: dict[str, Any] = {field: metrics[n.key] for field, n in kind.live.items() if n.key in metrics}
     status["step"] = record.step
     if record.total_steps is not None:
         status["totalSteps"] = record.total_steps
@@ -160,9 +169,36 @@ def live_status(record: ProgressRecord, now: str) -> dict | None:
     return status
 
 
-def stage_metrics(record: ProgressRecord) -> dict[str, float]:
-    """A stage's metrics from a progress record: its numbers, and those of the result of a last record."""
-    return {**numbers(record.metrics), **numbers(record.result)}
+def progress(record: ProgressRecord, live: dict | None, now: str) -> dict:
+    """``status.progress`` from a progress record: how far its stage is, and its reward and KL where it has them."""
+    found: dict[str, Any] = {"stage": record.stage, "step": record.step, "updatedAt": now}
+    if record.total_steps:
+        found["totalSteps"] = record.total_steps
+        found["percentage"] = min(100, int(100 * record.step / record.total_steps))
+    if record.estimated_remaining_seconds is not None and record.estimated_remaining_seconds >= 0:
+        seconds = round(record.estimated_remaining_seconds)
+        found.update(estimatedRemainingSeconds=seconds, eta=_duration(seconds))
+    kind = KINDS.get(record.kind)
+    for field in ("reward", "kl"):
+        live_field = getattr(kind, field, None) if kind else None
+        if live and live_field in live:
+            found[field] = live[live_field]
+    return found
+
+
+def stage_results(record: ProgressRecord) -> dict[str, Any]:
+    """What a stage's last record (the one with its result) puts in its status entry: steps, duration and the
+    kind's headline results (``status.stages.<stage>.results``); the trainer's other metrics stay in its
+    metrics.jsonl and TensorBoard."""
+    result = record.result or {}
+    entry = {field: result[key] for field, key in (("steps", "steps"), ("totalSteps", "totalSteps"),
+                                                   ("durationSeconds", "durationSeconds"))
+             if isinstance(result.get(key), int | float) and not isinstance(result.get(key), bool)}
+    kind = KINDS.get(record.kind)
+    metrics = numbers(result.get("metrics"))
+    if kind is not None and (results := {f: metrics[n.key] for f, n in kind.results.items() if n.key in metrics}):
+        entry["results"] = results
+    return entry
 
 
 def guardrail_reason(record: ProgressRecord) -> str | None:
@@ -186,15 +222,15 @@ def ended_by_guardrail(entry: dict) -> bool:
 def progress_patch(record: dict | ProgressRecord, now: str) -> dict:
     """The status merge patch for a progress record (``rlhf_contract.progress``); ValueError for one that is not."""
     record = ProgressRecord.model_validate(record) if isinstance(record, dict) else record
-    entry: dict[str, Any] = {}
-    if metrics := stage_metrics(record):
-        entry["metrics"] = metrics
+    entry: dict[str, Any] = stage_results(record) if record.result is not None else {}
     if guardrail := guardrail_reason(record):
         entry["reason"] = guardrail
         entry["message"] = f"{_guardrail_prefix(guardrail)} at step {record.step}"
     patch: dict[str, Any] = {"stages": {record.stage: entry}} if entry else {}
-    if (live := live_status(record, now)) is not None:
+    live = live_status(record, now)
+    if live is not None:
         patch[record.kind] = live
+    patch["progress"] = progress(record, live, now)
     return patch
 
 
@@ -220,7 +256,7 @@ class StageRun:
 def next_status(old: dict | None, runs: list[StageRun], *, generation: int | None, now: str) -> dict:
     """The status of an RLHFJob whose stages (in order) are ``runs``, given its current status ``old``.
 
-    Fields others write (status.ppo, stage metrics pushed by pods) are kept; a finished stage's entry never
+    Fields others write (status.progress, status.<kind>, stage results pushed by pods) are kept; a finished stage's entry never
     changes again; stage and job reasons follow the Jobs' (BackoffLimitExceeded, DeadlineExceeded, ...).
     """
     status = copy.deepcopy(old or {})
@@ -243,6 +279,8 @@ def next_status(old: dict | None, runs: list[StageRun], *, generation: int | Non
         run, entry = current
         status.update(phase=entry["phase"], stage=run.name)
         status.pop("completionTime", None)
+        if (status.get("progress") or {}).get("stage") != run.name:  # a new stage: nothing reported of it yet
+            status["progress"] = {"stage": run.name}
     started = [e["startTime"] for _, e in entries if e.get("startTime")]
     if started and not status.get("startTime"):
         status["startTime"] = min(started)
@@ -255,7 +293,7 @@ def next_status(old: dict | None, runs: list[StageRun], *, generation: int | Non
 def _stage_entry(old: dict, run: StageRun) -> dict:
     if old.get("phase") in TERMINAL and (run.state is None or run.state.phase == old["phase"]):
         return old  # finished: its record is final (its Job may even be gone)
-    entry = {key: value for key, value in old.items() if key == "metrics"}
+    entry = {key: value for key, value in old.items() if key in PUSHED}
     state = run.state
     if state is None:
         return {**entry, "phase": "Pending"}

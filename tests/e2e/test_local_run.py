@@ -80,7 +80,7 @@ def test_ctrl_c_sigterm_and_sighup_stop_cleanly_and_running_again_continues(tmp_
     assert "sft: resuming from checkpoint-" in again.stdout
     status = printed_status(again.stdout)
     assert status["phase"] == "Succeeded"
-    assert status["stages"]["sft"]["metrics"]["steps"] == 300
+    assert status["stages"]["sft"]["steps"] == 300
     steps = [r["step"] for r in map(json.loads, (workspace / "sft" / "metrics.jsonl").read_text().splitlines())
              if "result" not in r]
     assert steps == sorted(steps)  # one writer at a time: no steps logged twice, interleaved

@@ -101,8 +101,10 @@ def test_resource_names_subresource_and_printer_columns():
     assert spec["names"]["shortNames"] == ["rlhf", "rlhfjob"]
     version = spec["versions"][0]
     assert (version["name"], version["subresources"]) == ("v1alpha1", {"status": {}})
-    assert [c["name"].upper() for c in version["additionalPrinterColumns"]] == ["STAGE", "PHASE", "STEP", "REWARD",
-                                                                             "KL", "AGE"]
+    columns = version["additionalPrinterColumns"]
+    assert [c["name"].upper() for c in columns if not c.get("priority")] == ["STAGE", "PHASE", "STEP", "REWARD", "KL",
+                                                                              "AGE"]
+    assert [c["name"].upper() for c in columns if c.get("priority") == 1] == ["PROGRESS", "ETA"]  # -o wide
 
 
 @pytest.mark.parametrize("column", PRINTER_COLUMNS[:-1], ids=lambda c: c["name"])
@@ -119,8 +121,16 @@ def test_a_full_status_is_declared_so_nothing_is_pruned():
         "phase": "Running", "stage": "ppo", "observedGeneration": 2,
         "startTime": "2026-01-01T00:00:00Z", "completionTime": "2026-01-01T01:00:00Z",
         "stages": {"sft": {"phase": "Succeeded", "job": "demo-sft", "startTime": "2026-01-01T00:00:00Z",
-                           "completionTime": "2026-01-01T00:10:00Z", "output": "/workspace/sft",
-                           "metrics": {"loss": 1.5}, "retries": 1, "reason": "Completed", "message": "done"}},
+                           "completionTime": "2026-01-01T00:10:00Z", "output": "/workspace/sft", "steps": 40,
+                           "totalSteps": 40, "durationSeconds": 580.5, "results": {"trainLoss": 1.5, "evalLoss": 1.4},
+                           "retries": 1, "reason": "Completed", "message": "done"},
+                   "ppo": {"phase": "Running", "results": {"rewardBefore": 0.6, "rewardAfter": 2.4, "vaderBefore": 0.4,
+                                                           "vaderAfter": 0.7, "scoreFirstSteps": 0.1,
+                                                           "scoreLastSteps": 2.3, "kl": 3.0}}},
+        "progress": {"stage": "ppo", "step": 3, "totalSteps": 40, "percentage": 7, "estimatedRemainingSeconds": 70,
+                     "eta": "1m10s", "reward": 0.5, "kl": 0.1, "updatedAt": "2026-01-01T00:30:00Z"},
+        "sft": {"step": 40, "totalSteps": 40, "loss": 1.5, "evalLoss": 1.4, "learningRate": 1e-4,
+                "updatedAt": "2026-01-01T00:10:00Z"},
         "ppo": {"step": 3, "totalSteps": 40, "meanReward": 0.5, "kl": 0.1, "klCoef": 0.05, "policyLoss": -0.1,
                 "valueLoss": 0.2, "entropy": 2.1, "updatedAt": "2026-01-01T00:30:00Z"},
         "conditions": [{"type": "Running", "status": "True", "reason": "StageRunning", "message": "ppo",

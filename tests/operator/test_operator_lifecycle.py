@@ -46,7 +46,8 @@ def test_three_stages_run_in_order_and_ppo_progress_reaches_the_status(cluster, 
     # the newest record wins: step 3 is sent, even when 1 and 2 were replaced before they went out
     wait_for(lambda: api.status(NS, "sentiment").get("ppo", {}).get("step") == 3)
     reporter.report(40, 40, {"env/reward_mean": 0.9, "objective/kl": 0.08},
-                    result={"reason": "Completed", "heldOutReward": 0.8})
+                    result={"reason": "Completed", "steps": 40, "totalSteps": 40, "durationSeconds": 95.0,
+                            "metrics": {"rewardBefore": 0.6, "rewardAfter": 0.8, "ppo/policy/clipfrac": 0.02}})
     reporter.close()
     ppo = wait_for(lambda: (p := api.status(NS, "sentiment").get("ppo", {})).get("step") == 40 and p)
     assert {k: v for k, v in ppo.items() if k != "updatedAt"} == {
@@ -60,8 +61,10 @@ def test_three_stages_run_in_order_and_ppo_progress_reaches_the_status(cluster, 
         entry = status["stages"][stage]
         assert (entry["phase"], entry["output"], entry["reason"]) == ("Succeeded", f"/workspace/{stage}", "Completed")
         assert entry["completionTime"] >= entry["startTime"]
-    assert status["stages"]["ppo"]["metrics"]["heldOutReward"] == 0.8
-    assert status["stages"]["ppo"]["metrics"]["ppo/policy/clipfrac"] == 0.02
+    ppo = status["stages"]["ppo"]  # named results, not every metric of the trainer
+    assert (ppo["steps"], ppo["totalSteps"], ppo["durationSeconds"]) == (40, 40, 95.0)
+    assert ppo["results"] == {"rewardBefore": 0.6, "rewardAfter": 0.8}
+    assert status["progress"]["step"] == 40 and status["progress"]["percentage"] == 100
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
         "Created": "True", "Running": "False", "Succeeded": "True"}
     assert status["observedGeneration"] == 1

@@ -24,7 +24,9 @@ def test_an_operator_restarted_mid_stage_goes_on_without_duplicates_or_lost_stat
         api.start_job(NS, "steady-sft")
         pod = api.create_pod(NS, "steady-sft")
         token = cluster.cluster.issue_pod_token(NS, pod)
-        assert first.push({"stage": "sft", "kind": "sft", "step": 10, "metrics": {"loss": 2.5}}, token)[0] == 200
+        last = {"stage": "sft", "kind": "sft", "step": 10, "metrics": {"loss": 2.5},
+                "result": {"reason": "Completed", "steps": 10, "metrics": {"train_loss": 2.5}}}
+        assert first.push(last, token)[0] == 200
         api.wait_phase(NS, "steady", "Running")
         wait_idle(cluster)
 
@@ -40,7 +42,7 @@ def test_an_operator_restarted_mid_stage_goes_on_without_duplicates_or_lost_stat
 
     status = api.status(NS, "steady")
     assert status["stages"]["sft"]["phase"] == "Succeeded"
-    assert status["stages"]["sft"]["metrics"] == {"loss": 2.5}
+    assert status["stages"]["sft"]["results"] == {"trainLoss": 2.5}  # pushed before the restart, kept
     assert (status["phase"], status["stage"]) == ("Running", "ppo")
     assert names(cluster, "batch/v1/jobs") == ["steady-ppo", "steady-reward", "steady-sft"]
     assert names(cluster, "v1/configmaps") == ["steady-ppo", "steady-reward", "steady-sft"]

@@ -24,7 +24,7 @@ from rlhf_operator.status import (
     progress_patch,
     set_condition,
     spec_problem,
-    stage_metrics,
+    stage_results,
     trainer_failure,
     transitions,
 )
@@ -60,6 +60,10 @@ DONE = JobState("Succeeded", "Completed", completion_time=T1)
 
 def conditions_of(status: dict) -> dict[str, tuple[str, str]]:
     return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def conditions_of_messages(status: dict) -> dict[str, str]:
+    return {c["type"]: c["message"] for c in status["conditions"]}
 
 
 # --- a Job as the Job controller writes it ---------------------------------------------------------------------
@@ -164,10 +168,24 @@ def test_ppo_status_maps_trls_stats_keys():
                                           "updatedAt": T2}
 
 
-def test_stage_metrics_are_the_finite_numbers_of_the_record_and_its_result():
-    metrics = stage_metrics(record({**PPO_RECORD, "result": {"reason": "Completed", "heldOutReward": 0.7}}))
-    assert metrics["ppo/policy/clipfrac"] == 0.02 and metrics["heldOutReward"] == 0.7
-    assert not {"note", "flag", "bad", "reason"} & set(metrics)
+def test_a_stage_ends_with_its_named_results_not_every_metric():
+    result = {"reason": "Completed", "steps": 200, "totalSteps": 200, "durationSeconds": 61.5, "metrics": {
+        "meanScoreFirstSteps": 0.1, "meanScoreLastSteps": 2.3, "rewardBefore": 0.6, "rewardAfter": 2.4,
+        "vaderBefore": 0.4, "vaderAfter": 0.7, "kl": 3.1, "ppo/policy/clipfrac": 0.02}}
+    assert stage_results(record({**PPO_RECORD, "result": result})) == {
+        "steps": 200, "totalSteps": 200, "durationSeconds": 61.5,
+        "results": {"rewardBefore": 0.6, "rewardAfter": 2.4, "vaderBefore": 0.4, "vaderAfter": 0.7,
+                    "scoreFirstSteps": 0.1, "scoreLastSteps": 2.3, "kl": 3.1}}
+    patch = progress_patch({**PPO_RECORD, "result": result}, T2)
+    assert set(patch["stages"]["ppo"]) == {"steps", "totalSteps", "durationSeconds", "results"}
+
+
+def test_progress_says_how_far_the_stage_is_with_its_reward_kl_and_time_left():
+    patch = progress_patch({**PPO_RECORD, "estimatedRemainingSeconds": 3725.4}, T2)
+    assert patch["progress"] == {"stage": "ppo", "step": 12, "totalSteps": 200, "percentage": 6,
+                                 "estimatedRemainingSeconds": 3725, "eta": "1h02m05s", "reward": 0.5, "kl": 0.2,
+                                 "updatedAt": T2}
+    assert "stages" not in patch  # while it runs, its entry is the operator's
 
 
 def test_a_last_record_names_the_guardrail_that_ended_the_stage():
@@ -179,9 +197,25 @@ def test_a_last_record_names_the_guardrail_that_ended_the_stage():
     assert patch["stages"]["ppo"]["message"] == "the MaxKl guardrail ended the stage at step 12"
 
 
-def test_progress_of_other_stages_touches_only_their_metrics():
-    patch = progress_patch({"stage": "sft", "kind": "sft", "step": 10, "metrics": {"loss": 1.5, "epoch": 0.1}}, T2)
-    assert patch == {"stages": {"sft": {"metrics": {"loss": 1.5, "epoch": 0.1}}}}
+def test_progress_of_a_stage_without_a_reward_has_its_own_live_numbers():
+    patch = progress_patch({"stage": "sft", "kind": "sft", "step": 10, "totalSteps": 40,
+                            "metrics": {"loss": 1.5, "epoch": 0.1}}, T2)
+    assert patch == {"sft": {"loss": 1.5, "step": 10, "totalSteps": 40, "updatedAt": T2},
+                     "progress": {"stage": "sft", "step": 10, "totalSteps": 40, "percentage": 25, "updatedAt": T2}}
+
+
+def test_progress_starts_over_when_the_next_stage_starts():
+    status = next_status(None, runs(DONE, RUNNING), generation=1, now=T1)
+    status["progress"] = {"stage": "sft", "step": 40, "totalSteps": 40, "percentage": 100}
+    assert next_status(status, runs(DONE, RUNNING), generation=1, now=T2)["progress"] == {"stage": "reward"}
+
+
+def test_condition_messages_are_one_line_for_kubectl_describe():
+    trainer_said = "stage sft: dataset row 3\n  'text' is ''\nTraceback ...\n" + "x" * 2000
+    status = next_status(None, runs(JobState("Failed", "PodFailurePolicy", trainer_said, 1, T1)), generation=1,
+                         now=T1)
+    message = conditions_of_messages(status)["Failed"]
+    assert "\n" not in message and len(message) <= 600 and message.startswith("stage sft failed: stage sft: dataset")
 
 
 # --- the whole status ------------------------------------------------------------------------------------------
@@ -301,15 +335,15 @@ def test_a_finished_stage_keeps_its_record_when_its_job_is_gone():
 def test_status_others_write_is_kept_and_a_recomputed_status_changes_nothing():
     status = next_status(None, runs(DONE, RUNNING), generation=1, now=T1)
     status["ppo"] = {"step": 3}
-    status["stages"]["reward"]["metrics"] = {"loss": 0.5}
+    status["stages"]["reward"]["results"] = {"evalAccuracy": 0.5}
     again = next_status(status, runs(DONE, RUNNING), generation=1, now=T3)
     assert again == status
     assert merge_patch(status, again) == {} and transitions(status, again) == []
 
 
 def test_merge_patch_sends_changes_and_nulls_for_removed_fields():
-    old = {"phase": "Running", "stages": {"sft": {"phase": "Running", "reason": "Suspended", "metrics": {"a": 1}}}}
-    new = {"phase": "Running", "stages": {"sft": {"phase": "Running", "metrics": {"a": 1}}}, "stage": "sft"}
+    old = {"phase": "Running", "stages": {"sft": {"phase": "Running", "reason": "Suspended", "results": {"a": 1}}}}
+    new = {"phase": "Running", "stages": {"sft": {"phase": "Running", "results": {"a": 1}}}, "stage": "sft"}
     assert merge_patch(old, new) == {"stages": {"sft": {"reason": None}}, "stage": "sft"}
 
 

@@ -3,13 +3,12 @@ function, with guardrails and a before/after evaluation on held-out prompts (doc
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from rlhf_contract.assignment import StageAssignment
-from rlhf_contract.kinds import Kind
+from rlhf_contract.kinds import Kind, Number
 from rlhf_contract.schema import Checked, Rule, Schema
 from rlhf_contract.settings import Guardrails, LoRA, StageSettings
 from rlhf_contract.sources import DatasetSource, ModelSource, RewardSource
@@ -159,31 +158,33 @@ class PPOStage(StageSettings):
                 Rule("!has(self.numSharedLayers) || !has(self.peft)", "numSharedLayers: not with peft")]
 
 
-class PPOStatus(Schema):
-    """Live statistics of the PPO stage, updated as it trains."""
-
-    step: int | None = Field(None, ge=0, description="PPO steps done.")
-    total_steps: int | None = Field(None, ge=0, description="PPO steps in all.")
-    mean_reward: float | None = Field(None, description="Mean score of the last step's responses.")
-    kl: float | None = Field(None, description="KL divergence of the policy from the reference.")
-    kl_coef: float | None = Field(None, description="Current KL penalty coefficient.")
-    policy_loss: float | None = Field(None, description="Policy loss of the last step.")
-    value_loss: float | None = Field(None, description="Value loss of the last step.")
-    entropy: float | None = Field(None, description="Entropy of the policy's token distribution.")
-    updated_at: datetime | None = Field(None, description="When these were reported.")
-
-
 class PPOStageConfig(PPOStage, StageAssignment):
     """The ppo stage's config."""
 
     kind: Literal["ppo"] = "ppo"
 
 
-KIND = Kind("ppo", PPOStage, PPOStageConfig, live=PPOStatus, live_metrics={
-    "meanReward": "env/reward_mean",
-    "kl": "objective/kl",
-    "klCoef": "objective/kl_coef",
-    "policyLoss": "ppo/loss/policy",
-    "valueLoss": "ppo/loss/value",
-    "entropy": "objective/entropy",
-})
+KIND = Kind(
+    "ppo", PPOStage, PPOStageConfig,
+    live={
+        "meanReward": Number("env/reward_mean", "score", "Mean score of the last step's responses."),
+        "kl": Number("objective/kl", "kl", "KL divergence of the policy from the reference."),
+        "klCoef": Number("objective/kl_coef", "kl coef", "Current KL penalty coefficient."),
+        "policyLoss": Number("ppo/loss/policy", "policy loss", "Policy loss of the last step."),
+        "valueLoss": Number("ppo/loss/value", "value loss", "Value loss of the last step."),
+        "entropy": Number("objective/entropy", "entropy", "Entropy of the policy's token distribution."),
+    },
+    results={
+        "rewardBefore": Number("rewardBefore", "held-out reward before",
+                               "Mean reward of the policy's responses to held-out prompts, before PPO."),
+        "rewardAfter": Number("rewardAfter", "held-out reward after", "The same, after PPO."),
+        "vaderBefore": Number("vaderBefore", "VADER before", "The judge's mean score of them, before PPO."),
+        "vaderAfter": Number("vaderAfter", "VADER after", "The judge's mean score of them, after PPO."),
+        "scoreFirstSteps": Number("meanScoreFirstSteps", "score, first steps",
+                                  "Mean score of the training responses of the first 5 steps."),
+        "scoreLastSteps": Number("meanScoreLastSteps", "score, last steps", "The same, of the last 5 steps."),
+        "kl": Number("kl", "kl", "KL of the policy from the reference at the last step."),
+    },
+    reward="meanReward",
+    kl="kl",
+)

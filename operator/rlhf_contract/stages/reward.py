@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from rlhf_contract.assignment import StageAssignment
-from rlhf_contract.kinds import Kind
+from rlhf_contract.kinds import Kind, Number
 from rlhf_contract.settings import HeldOut, HeldOutStage, LoRA, PreferenceColumns, Training
 from rlhf_contract.sources import DatasetSource, ModelSource
 
@@ -33,4 +33,19 @@ class RewardStageConfig(RewardStage, StageAssignment):
     kind: Literal["reward"] = "reward"
 
 
-KIND = Kind("reward", RewardStage, RewardStageConfig)
+KIND = Kind(
+    "reward", RewardStage, RewardStageConfig,
+    live={
+        "loss": Number("loss", "loss", "Training loss, averaged over the steps since the last log."),
+        "evalAccuracy": Number("eval_accuracy", "accuracy", "Share of held-out pairs ranked right, at the latest "
+                                                            "evaluation."),
+        "evalLoss": Number("eval_loss", "eval loss", "Loss on the held-out pairs, at the latest evaluation."),
+    },
+    results={
+        "evalAccuracy": Number("eval_accuracy", "eval accuracy",
+                               "Share of held-out pairs whose chosen text gets the higher reward, at the end."),
+        "evalMargin": Number("eval_margin", "eval margin", "Mean reward of chosen minus rejected, held out."),
+        "evalLoss": Number("eval_loss", "eval loss", "Loss on the held-out pairs at the end."),
+        "trainLoss": Number("train_loss", "train loss", "Training loss, averaged over the whole stage."),
+    },
+)

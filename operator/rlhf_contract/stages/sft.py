@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from rlhf_contract.assignment import StageAssignment
-from rlhf_contract.kinds import Kind
+from rlhf_contract.kinds import Kind, Number
 from rlhf_contract.schema import Checked
 from rlhf_contract.settings import HeldOut, HeldOutStage, LoRA, Training
 from rlhf_contract.sources import DatasetSource, ModelSource
@@ -52,4 +52,15 @@ class SFTStageConfig(SFTStage, StageAssignment):
     kind: Literal["sft"] = "sft"
 
 
-KIND = Kind("sft", SFTStage, SFTStageConfig)
+KIND = Kind(
+    "sft", SFTStage, SFTStageConfig,
+    live={
+        "loss": Number("loss", "loss", "Training loss, averaged over the steps since the last log."),
+        "evalLoss": Number("eval_loss", "eval loss", "Loss on the held-out data, at the latest evaluation."),
+        "learningRate": Number("learning_rate", "lr", "Learning rate now."),
+    },
+    results={
+        "trainLoss": Number("train_loss", "train loss", "Training loss, averaged over the whole stage."),
+        "evalLoss": Number("eval_loss", "eval loss", "Loss on the held-out data at the end."),
+    },
+)

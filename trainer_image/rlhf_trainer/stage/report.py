@@ -107,13 +107,16 @@ class HttpReporter:
 
 
 class Reporter:
-    """Makes progress records of a stage and sends each to every sink."""
+    """Makes progress records of a stage, with the time its remaining steps need at this run's pace, and sends each
+    to every sink."""
 
-    def __init__(self, stage: str, kind: str, sinks: list):
-        self.stage, self.kind, self.sinks = stage, kind, sinks
+    def __init__(self, stage: str, kind: str, sinks: list, clock=time.monotonic):
+        self.stage, self.kind, self.sinks, self.clock = stage, kind, sinks, clock
+        self._first: tuple[float, int] | None = None  # (time, step) of this run's first record
 
     def report(self, step: int, total_steps: int | None, metrics: dict, result: dict | None = None) -> dict:
-        record = progress_record(self.stage, self.kind, step, total_steps, metrics, result)
+        record = progress_record(self.stage, self.kind, step, total_steps, metrics, result,
+                                 estimated_remaining_seconds=self._remaining(step, total_steps))
         for sink in self.sinks:
             sink.report(record)
         return record
@@ -121,6 +124,15 @@ class Reporter:
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
+
+    def _remaining(self, step: int, total_steps: int | None) -> float | None:
+        now = self.clock()
+        if self._first is None:
+            self._first = (now, step)
+        started, first_step = self._first
+        if not total_steps or step <= first_step or now <= started:
+            return None
+        return max(0, total_steps - step) * (now - started) / (step - first_step)
 
 
 def make_reporter(stage: str, kind: str, stage_dir: str | Path, env=os.environ) -> Reporter:
