@@ -158,7 +158,7 @@ class GRPOTrainer(Trainer):
         self._entropy_window = None
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         self._completions_log: list[dict] = []
-        self._step, self._buffer, self._eval_batch = None, None, 0
+        self._step, self._buffer, self._eval_batch, self._last_eval_metrics = None, None, 0, {}
 
     # ---- data ----
 
@@ -201,7 +201,11 @@ class GRPOTrainer(Trainer):
                              f"{self.accelerator.num_processes} processes) must be a multiple of the generations per "
                              f"eval prompt ({self.num_generations_eval}): set per_device_eval_batch_size")
         self._eval_batch = 0  # every evaluation samples with the same seeds: before/after numbers are paired
-        return super().evaluate(*args, **kwargs)
+        self._last_eval_metrics = {}
+        metrics = super().evaluate(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", args[2] if len(args) > 2 else "eval")
+        # the generation metrics (eval_reward, ...) were logged; return them too, as the held-out numbers
+        return {**metrics, **{f"{prefix}_{key}": value for key, value in self._last_eval_metrics.items()}}
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         start = time.perf_counter()
@@ -466,6 +470,7 @@ class GRPOTrainer(Trainer):
             finite = [v for v in values if v == v]  # NaN-ignoring mean since the last log
             averaged[key] = sum(finite) / len(finite) if finite else float("nan")
         if mode == "eval":
+            self._last_eval_metrics = averaged
             averaged = {f"eval_{key}": value for key, value in averaged.items()}
         super().log({**logs, **averaged}, start_time)
         self._metrics[mode].clear()
