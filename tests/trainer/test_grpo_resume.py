@@ -6,7 +6,6 @@ from grpo_helpers import logs, make_trainer
 from transformers import TrainerCallback
 
 
-
 class StopAt(TrainerCallback):
     """What the stage runner does on a stop request: save and stop at the end of a step."""
 
