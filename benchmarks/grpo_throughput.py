@@ -7,12 +7,14 @@ The same workload for both libraries: the same local model directory, the same p
 per step (per_device_train_batch_size 32, one optimizer step per generation), --new-tokens new tokens, the default
 loss (dapo), beta 0 and learning rate, fp32 (bf16 off on both: GRPOConfig's bf16 default on a CPU without native
 bf16 autocasts to bfloat16 emulated in software, not a fair comparison) and the same gradient_checkpointing
-setting (off by default; --gradient-checkpointing turns it on for both). The reward is a cheap program (the share
+setting (off by default; --gradient-checkpointing turns it on for both), and by default the same Python environment
+(ours runs with the TRL virtual environment's interpreter too, so torch, transformers, accelerate, datasets and
+peft are the same versions for both; --ours-python picks another, e.g. the project's). The reward is a cheap program (the share
 of vowels) so that the trainers are what is timed. An episode is one completion trained on. Each library runs in
 its own process (peak memory per process); TRL from benchmarks/.venv-trl116:
 
     python3 -m venv benchmarks/.venv-trl116
-    benchmarks/.venv-trl116/bin/pip install torch==2.13.0 trl==1.16.0 transformers==5.17.0
+    benchmarks/.venv-trl116/bin/pip install torch==2.13.0 trl==1.16.0 transformers==5.17.0 peft==0.21.2 pillow
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per CPU run")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on for both")
     parser.add_argument("--no-trl", action="store_true")
+    parser.add_argument("--ours-python", help="interpreter for our runs (default: the TRL environment's, else this one)")
     parser.add_argument("--worker", choices=["ours", "trl"])
     parser.add_argument("--model")
     args = parser.parse_args()
@@ -126,6 +129,7 @@ def main() -> None:
         return
     shapes = args.shape or (["qwen0.5b"] if gpu else ["tiny-gpt2", "tiny-llama"])
     trl = None if args.no_trl else trl_python(TRL_VENV)
+    ours_python = args.ours_python or trl_python(TRL_VENV) or sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         runs = []
         for shape in shapes:
@@ -133,7 +137,7 @@ def main() -> None:
             common = ["--device", args.device, "--model", model, "--new-tokens", str(args.new_tokens), "--steps",
                       str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
                       *(["--gradient-checkpointing"] if args.gradient_checkpointing else [])]
-            runs.append((f"ours, {shape}", sys.executable, ["--worker", "ours", *common]))
+            runs.append((f"ours, {shape}", ours_python, ["--worker", "ours", *common]))
             if trl:
                 runs.append((f"TRL 1.16, {shape}", trl, ["--worker", "trl", *common]))
         results = median_rounds(runs, __file__, args.threads, args.repeats, "episodes_per_s")

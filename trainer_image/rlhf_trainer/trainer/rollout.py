@@ -76,8 +76,9 @@ class TransformersRollout:
         model.eval()
         try:
             with seeded(seed, device):
-                if settings is not None:
-                    tokens = sample_tokens(model, input_ids, attention_mask, settings, cache=cache)
+                if settings is not None:  # a CPU's multinomial is slow; the inverse CDF draws the same distribution
+                    draw = "inverse_cdf" if device.type == "cpu" else "multinomial"
+                    tokens = sample_tokens(model, input_ids, attention_mask, settings, cache=cache, draw=draw)
                 else:
                     tokens = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
                     tokens = tokens[:, input_ids.shape[1]:]
