@@ -5,8 +5,8 @@
 
 The same workload for both libraries: the same local model directory, the same prompts, 8 prompts x 4 generations
 per step (per_device_train_batch_size 32, one optimizer step per generation), --new-tokens new tokens, the default
-loss (dapo), beta 0 and learning rate, fp32 (bf16 off on both: GRPOConfig's bf16 default on a CPU without native
-bf16 autocasts to bfloat16 emulated in software, not a fair comparison) and the same gradient_checkpointing
+loss (dapo), beta 0 and learning rate, bf16 mixed precision on GPU and fp32 on CPU (GRPOConfig's bf16 default on a
+CPU without native bf16 autocasts to bfloat16 emulated in software, not a fair comparison, so both run fp32) and the same gradient_checkpointing
 setting (off by default; --gradient-checkpointing turns it on for both), and by default the same Python environment
 (ours runs with the TRL virtual environment's interpreter too, so torch, transformers, accelerate, datasets and
 peft are the same versions for both; --ours-python picks another, e.g. the project's). The reward is a cheap program (the share
@@ -31,7 +31,6 @@ from common import (  # noqa: E402
     ROOT,
     SHAPES,
     build_model,
-    build_tokenizer,
     median_rounds,
     peak_memory_mib,
     print_table,
@@ -68,7 +67,7 @@ def worker(args) -> dict:
     steps = args.warmup + args.steps
     config = GRPOConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=32, num_generations=4,
-        max_completion_length=args.new_tokens, max_steps=steps, bf16=False, use_cpu=args.device == "cpu",
+        max_completion_length=args.new_tokens, max_steps=steps, bf16=args.device == "cuda", use_cpu=args.device == "cpu",
         gradient_checkpointing=args.gradient_checkpointing, report_to="none", save_strategy="no",
         logging_steps=10**6, disable_tqdm=True, seed=0, dataloader_pin_memory=False,
         generation_kwargs={"min_new_tokens": args.new_tokens})  # every completion the same length in both
@@ -92,16 +91,20 @@ def worker(args) -> dict:
 
 
 def save_model(shape: str, directory: Path) -> str:
-    """A local model directory (weights + tokenizer) both libraries load by path."""
-    if shape.startswith("tiny-"):
-        sys.path.insert(0, str(ROOT / "trainer_image"))
-        from rlhf_trainer.tiny import save_builtin
+    """A local model directory (weights + tokenizer) both libraries load by path. The Qwen shapes get the package's
+    byte-level tokenizer (prompts become real token ids, completions decode to text for the reward)."""
+    sys.path.insert(0, str(ROOT / "trainer_image"))
+    from rlhf_trainer.tiny import build_tokenizer, save_builtin
 
+    if shape.startswith("tiny-"):
         return str(save_builtin(shape, directory))
+    tokenizer = build_tokenizer()
     model = build_model(shape)
-    model.generation_config.eos_token_id = 2
+    model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.config.bos_token_id = model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.save_pretrained(directory)
-    build_tokenizer().save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
     return str(directory)
 
 

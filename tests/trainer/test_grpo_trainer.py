@@ -201,3 +201,58 @@ def test_reward_function_that_raises_is_named(tiny_model, tmp_path):
 def test_generation_batch_not_a_multiple_of_num_generations_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"not a multiple of num_generations \(4\)"):
         config(tmp_path, per_device_train_batch_size=6)
+
+
+def test_truncated_completions_leave_the_loss_but_stay_in_the_reward_stats(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model("tiny-gpt2"), tmp_path, max_completion_length=3, max_steps=1,
+                           mask_truncated_completions=True, generation_kwargs={"min_new_tokens": 3})
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    record = trainer.state.log_history[0]
+    assert record["completions/clipped_ratio"] == 1.0 and record["completions/mean_terminated_length"] == 0.0
+    assert "reward" in record and record["loss"] == 0.0  # every row truncated: nothing left to train on
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+def test_conversational_prompts_get_the_chat_template_and_assistant_messages(tiny_model, tmp_path):
+    seen = []
+
+    def record(prompts, completions, **kwargs):
+        seen.append((prompts[0], completions[0]))
+        return [0.0] * len(completions)
+
+    dataset = [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS]
+    trainer = make_trainer(tiny_model("tiny-gpt2"), tmp_path, reward_funcs=record, dataset=dataset, max_steps=1)
+    assert trainer._prompt_token_ids(dataset[0]["prompt"]) == trainer.processing_class.apply_chat_template(
+        dataset[0]["prompt"], add_generation_prompt=True, tokenize=True)["input_ids"]
+    trainer.train()
+    prompt, completion = seen[0]
+    assert prompt[0]["role"] == "user" and completion[0]["role"] == "assistant"
+    assert isinstance(completion[0]["content"], str)
+
+
+def test_settings_our_sampler_lacks_fall_back_to_generate(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model("tiny-gpt2"), tmp_path, min_p=0.05, repetition_penalty=1.3, max_steps=1)
+    calls = []
+    original = trainer.model.generate
+    trainer.model.generate = lambda *a, **k: calls.append(k) or original(*a, **k)
+    trainer.train()
+    assert calls and calls[0]["min_p"] == 0.05 and calls[0]["repetition_penalty"] == 1.3
+
+
+def test_sync_ref_model_mixes_the_policy_into_the_reference(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model("tiny-gpt2"), tmp_path, beta=0.1, sync_ref_model=True, ref_model_sync_steps=1,
+                           ref_model_mixup_alpha=0.5, max_steps=1)
+    reference = trainer.reference.module
+    old = next(reference.parameters()).detach().clone()
+    trainer.train()
+    policy = next(trainer.model.parameters()).detach()
+    assert torch.allclose(next(reference.parameters()), 0.5 * old + 0.5 * policy)
+
+
+def test_high_entropy_mask_and_entropy_bonus_log_their_metrics(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model("tiny-gpt2"), tmp_path, top_entropy_quantile=0.2, entropy_coef=0.01,
+                           max_steps=1)
+    trainer.train()
+    record = trainer.state.log_history[0]
+    assert record["entropy_coef"] == 0.01 and "policy_loss" in record
