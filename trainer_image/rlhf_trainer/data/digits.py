@@ -7,8 +7,11 @@ same task as prompt/completion pairs for supervised fine-tuning first. Checkers:
 ``reversal_exact`` (the answer exactly) and ``reversal_digits`` (share of positions right, partial credit).
 
 The tiny GPT-2 (2 layers, width 64, the package's byte-level tokenizer, one token per digit) learns it in part from
-about a minute of SFT on this task and then improves clearly with GRPO; settings and measured numbers are in
-docs/algorithms/grpo.md ("Demo task").
+SFT and then improves clearly with GRPO (benchmarks/grpo_digit_reversal.py; docs/algorithms/grpo.md, "Demo task"):
+SFT 400 steps (batch 32, lr 3e-3, cosine), then GRPO 600 steps with both checkers (4 prompts x 8 generations,
+lr 1e-3, beta 0, dapo, max_completion_length 6, dropout off). Held-out exact-answer reward (64 test prompts x 8
+samples, fixed seeds) before -> after GRPO, seeds 0/1/2: 0.096 -> 0.795, 0.525 -> 0.805, 0.379 -> 0.801 (SFT ~10 s,
+GRPO ~25 s on a 2-core CPU).
 """
 
 from __future__ import annotations
