@@ -18,15 +18,19 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-@pytest.mark.parametrize("overrides", [{}, {"num_iterations": 2, "beta": 0.05, "disable_dropout": False}])
-def test_resume_continues_exactly(tiny_model, tmp_path, overrides):
+@pytest.mark.parametrize(("overrides", "stop"), [
+    ({}, 2),
+    ({"num_iterations": 2, "beta": 0.05, "disable_dropout": False}, 2),
+    ({"num_iterations": 2, "use_adaptive_entropy": True, "entropy_target": 10.0}, 1),  # inside a generation block
+])
+def test_resume_continues_exactly(tiny_model, tmp_path, overrides, stop):
     model = tiny_model("tiny-gpt2")
     settings = dict(max_steps=4, save_strategy="steps", save_steps=100, **overrides)
     straight = make_trainer(model, tmp_path / "straight", **settings)
     straight.train()
 
     first = make_trainer(model, tmp_path / "resumed", **settings)
-    first.add_callback(StopAt(2))
+    first.add_callback(StopAt(stop))
     first.train()
     second = make_trainer(model, tmp_path / "resumed", **settings)
     second.train(resume_from_checkpoint=True)

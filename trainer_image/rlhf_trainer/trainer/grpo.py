@@ -15,12 +15,14 @@ computes the loss of its loss type. Metrics keep TRL's names and meanings.
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from collections import defaultdict
 
 import torch
 from transformers import Trainer, TrainerCallback, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from rlhf_trainer.trainer.grpo_advantages import compute_advantages, nanmean, nanstd
 from rlhf_trainer.trainer.grpo_config import GRPOConfig  # noqa: F401  (imported from here too, as TRL allows)
@@ -190,9 +192,31 @@ class GRPOTrainer(Trainer):
 
     # ---- the step ----
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
         self._step, self._buffer = None, None  # re-derived from the (possibly resumed) global step
-        return super().train(*args, **kwargs)
+        if resume_from_checkpoint:
+            self._load_generation_state(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    # A checkpoint inside a generation block (num_iterations > 1, or steps_per_generation > GA) also holds the
+    # block's buffered batch, so a resumed run trains on the very batch the straight run would have.
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        state = {"step": self._step, "buffer": self._buffer, "entropy_coef": self.entropy_coef,
+                 "last_window_entropy": self._last_window_entropy}
+        os.makedirs(folder, exist_ok=True)
+        torch.save(state, os.path.join(folder, f"grpo_state_{self.accelerator.process_index}.pt"))
+
+    def _load_generation_state(self, checkpoint) -> None:
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        path = os.path.join(str(checkpoint), f"grpo_state_{self.accelerator.process_index}.pt") if checkpoint else ""
+        if not os.path.exists(path):
+            return
+        state = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        self._step, self._buffer = state["step"], state["buffer"]
+        self.entropy_coef, self._last_window_entropy = state["entropy_coef"], state["last_window_entropy"]
 
     def evaluate(self, *args, **kwargs):
         global_eval = self.args.per_device_eval_batch_size * self.accelerator.num_processes
