@@ -143,8 +143,7 @@ class GRPOTrainer(Trainer):
         self.pad_token_id = self.tokenizer_.pad_token_id
         self.rollout_engine = rollout_engine or TransformersRollout(
             lambda: self.accelerator.unwrap_model(self.model),
-            sampling_kwargs(args, self.eos_token_ids, self.pad_token_id) | {
-                k: v for k, v in (_json_dict(args.generation_kwargs) or {}).items()},
+            sampling_kwargs(args, self.eos_token_ids, self.pad_token_id),
             self.pad_token_id, self.eos_token_ids)
         self.loss_settings = LossSettings(
             loss_type=args.loss_type, epsilon_low=args.epsilon,
@@ -280,10 +279,10 @@ class GRPOTrainer(Trainer):
 
         with torch.no_grad():
             if self.needs_old_logps and mode == "train":
-                batch["old_logps"], _ = self._score_batches(self.model, batch)
+                batch["old_logps"] = self._score_batches(self.model, batch)
             if self.reference is not None:
                 with self.reference.model() as reference:
-                    batch["ref_logps"], _ = self._score_batches(reference, batch)
+                    batch["ref_logps"] = self._score_batches(reference, batch)
 
         completions = self._decode(prompts, completion_lists)
         kwargs = {key: [row[key] for row in rows] for key in rows[0] if key != "prompt"}
@@ -353,12 +352,13 @@ class GRPOTrainer(Trainer):
         entropies = entropy_from_logits(logits.detach(), temperature) if with_entropy else None
         return logps, entropies
 
-    def _score_batches(self, model, batch: dict):
+    def _score_batches(self, model, batch: dict) -> torch.Tensor:
+        """`_score`'s log-probs of a whole generation batch, a training micro-batch's rows at a time."""
         size = self.args.per_device_train_batch_size
         rows = batch["prompt_ids"].shape[0]
         parts = [self._score(model, {k: v[i:i + size] for k, v in batch.items() if k.endswith(("_ids", "_mask"))})
                  for i in range(0, rows, size)]
-        return torch.cat([p[0] for p in parts]), None
+        return torch.cat([logps for logps, _ in parts])
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:

@@ -8,6 +8,7 @@ samples with the training model itself: our sampling loop (`generation.sample_to
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -33,7 +34,8 @@ def sampling_kwargs(args, eos_token_ids: list[int], pad_token_id: int) -> dict:
         kwargs["repetition_penalty"] = args.repetition_penalty
     if args.cache_implementation is not None:
         kwargs["cache_implementation"] = args.cache_implementation
-    kwargs.update(args.generation_kwargs or {})
+    extra = json.loads(args.generation_kwargs) if isinstance(args.generation_kwargs, str) else args.generation_kwargs
+    kwargs.update(extra or {})
     return kwargs
 
 
