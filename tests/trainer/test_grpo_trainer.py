@@ -256,3 +256,57 @@ def test_high_entropy_mask_and_entropy_bonus_log_their_metrics(tiny_model, tmp_p
     trainer.train()
     record = trainer.state.log_history[0]
     assert record["entropy_coef"] == 0.01 and "policy_loss" in record
+
+
+def test_reference_is_the_policy_as_constructed_even_when_modified_in_memory(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model("tiny-gpt2"))
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(1.5)  # no longer what config._name_or_path holds
+    trainer = GRPOTrainer(model=model, reward_funcs=count_a, args=config(tmp_path, beta=0.1, max_steps=1),
+                          train_dataset=[{"prompt": p} for p in PROMPTS])
+    trainer.train()
+    assert trainer.state.log_history[0]["kl"] == 0.0
+
+
+def test_dropout_left_on_is_warned_about(tiny_model, tmp_path):
+    with pytest.warns(UserWarning, match="disable_dropout=True"):
+        make_trainer(tiny_model("tiny-gpt2"), tmp_path, disable_dropout=False)
+
+
+def test_reward_functions_see_completions_without_special_tokens(tiny_model, tmp_path):
+    seen = []
+
+    def rollout(prompts, trainer):
+        eos = trainer.processing_class.eos_token_id
+        return {"prompt_ids": [[5, 6]] * len(prompts), "completion_ids": [[40, 41, eos]] * len(prompts),
+                "logprobs": None}
+
+    def record(completions, completion_ids, **kwargs):
+        seen.append((completions[0], completion_ids[0]))
+        return [0.0] * len(completions)
+
+    trainer = GRPOTrainer(model=tiny_model("tiny-gpt2"), reward_funcs=record, args=config(tmp_path, max_steps=1),
+                          train_dataset=[{"prompt": p} for p in PROMPTS], rollout_func=rollout)
+    trainer.train()
+    text, ids = seen[0]
+    assert ids[-1] == trainer.processing_class.eos_token_id and "<|endoftext|>" not in text
+    assert text == trainer.processing_class.decode([40, 41])
+
+
+def test_dapo_micro_batches_of_one_window_share_the_whole_generation_batchs_token_count(tiny_model, tmp_path):
+    trainer = make_trainer(tiny_model("tiny-gpt2"), tmp_path, per_device_train_batch_size=2,
+                           gradient_accumulation_steps=2, max_steps=1)
+    seen = []
+    original = trainer.compute_loss
+
+    def recording(model, inputs, *a, **k):
+        seen.append((inputs["window_normaliser"][0].item(), trainer._buffer))
+        return original(model, inputs, *a, **k)
+
+    trainer.compute_loss = recording
+    trainer.train()
+    (first, buffer), (second, _) = seen
+    total = sum(part["loss_mask"].sum().item() for part in buffer)
+    assert first == second == total  # 4 completions over two micro-batches, one normaliser
