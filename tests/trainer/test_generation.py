@@ -76,3 +76,13 @@ def test_ppo_generate_gives_the_same_responses_with_and_without_the_fast_loop(ti
         responses.append(trainer.generate(queries(tiny_tokenizer, 4), max_new_tokens=12, do_sample=True, top_k=0,
                                           return_prompt=False))
     assert all(torch.equal(a, b) for a, b in zip(*responses, strict=True))
+
+
+def test_inverse_cdf_draw_samples_the_same_distribution_and_never_a_zero_probability_token():
+    from rlhf_trainer.trainer.generation import inverse_cdf_draw
+
+    torch.manual_seed(0)
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(20000, 1)
+    counts = torch.bincount(inverse_cdf_draw(probs), minlength=6).float() / 20000
+    assert counts[[0, 2, 5]].sum() == 0
+    assert torch.allclose(counts, probs[0], atol=0.015)

@@ -1,4 +1,4 @@
-"""rlhf_trainer: SFT, reward modelling and PPO with the API TRL v0.7 users know.
+"""rlhf_trainer: SFT, reward modelling and PPO with the API TRL v0.7 users know; GRPO with TRL 1.16's.
 
 Names are imported lazily: ``import rlhf_trainer`` is cheap, and torch is loaded by the first name that needs it.
 """
@@ -13,6 +13,8 @@ _EXPORTS = {
     "SFTTrainer": "rlhf_trainer.trainer.sft",
     "RewardTrainer": "rlhf_trainer.trainer.reward",
     "RewardConfig": "rlhf_trainer.trainer.reward",
+    "GRPOConfig": "rlhf_trainer.trainer.grpo_config",
+    "GRPOTrainer": "rlhf_trainer.trainer.grpo",
     "AutoModelForCausalLMWithValueHead": "rlhf_trainer.models",
     "AutoModelForSeq2SeqLMWithValueHead": "rlhf_trainer.models",
     "PreTrainedModelWrapper": "rlhf_trainer.models",

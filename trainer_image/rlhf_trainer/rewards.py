@@ -1,9 +1,13 @@
-"""Reward functions to name in a PPO stage's ``reward.callable`` (``rlhf_trainer.rewards:vader_sentiment``).
+"""Reward functions to name in a stage's ``reward.callable`` (``rlhf_trainer.rewards:vader_sentiment``).
 
-Each is called as ``fn(queries: list[str], responses: list[str]) -> list[float]``, one score per response.
+PPO's are called as ``fn(queries: list[str], responses: list[str]) -> list[float]``, one score per response.
+GRPO's have TRL's reward-function signature, ``fn(prompts, completions, **kwargs) -> list[float | None]``, with
+the dataset's other columns (here ``answer``) among the keyword arguments.
 """
 
 from __future__ import annotations
+
+import re
 
 
 def vader_compound(texts: list[str]) -> list[float]:
@@ -17,3 +21,30 @@ def vader_compound(texts: list[str]) -> list[float]:
 def vader_sentiment(queries: list[str], responses: list[str]) -> list[float]:
     """How positive each response is, by VADER: a reward for steering a model towards positive text."""
     return vader_compound(responses)
+
+
+_ANSWER = re.compile(r"^ ?(\d+)$")
+
+
+def _completion_text(completion) -> str:
+    return completion[0]["content"] if isinstance(completion, list) else completion
+
+
+def reversal_exact(prompts, completions, answer, **kwargs) -> list[float]:
+    """1.0 where the completion is exactly the answer (one optional leading space, nothing after), else 0.0."""
+    scores = []
+    for completion, expected in zip(completions, answer, strict=True):
+        found = _ANSWER.match(_completion_text(completion))
+        scores.append(float(found is not None and found.group(1) == expected))
+    return scores
+
+
+def reversal_digits(prompts, completions, answer, **kwargs) -> list[float]:
+    """Partial credit: the share of the answer's positions the completion's digits get right (extra or missing
+    digits count as wrong), so a completion can be better than another without being exact."""
+    scores = []
+    for completion, expected in zip(completions, answer, strict=True):
+        digits = "".join(c for c in _completion_text(completion) if c.isdigit())
+        right = sum(a == b for a, b in zip(digits, expected, strict=False))
+        scores.append(right / max(len(expected), len(digits)))
+    return scores

@@ -77,6 +77,10 @@ def load_builtin(name: str, split: str = "train") -> list[dict[str, str]]:
         return movie_preferences(seed=1 if split == "train" else 101, n=400 if split == "train" else 100)
     if name == "movie-prompts":
         return movie_prompts(split)
+    if name in ("digit-reversal", "digit-reversal-sft"):
+        from rlhf_trainer.data.digits import digit_reversal, digit_reversal_sft
+
+        return digit_reversal(split) if name == "digit-reversal" else digit_reversal_sft(split)
     raise ValueError(f"unknown builtin dataset {name!r}; builtin datasets are {', '.join(BUILTIN_DATASETS)}")
 
 

@@ -72,9 +72,12 @@ def fast_sampling_settings(model: nn.Module, prompt_length: int, **generation_kw
                             int(config.top_k or 0), float(config.top_p if config.top_p is not None else 1.0), eos, pad)
 
 
-def next_tokens(logits: torch.Tensor, settings: SamplingSettings, generated: int = 0) -> torch.Tensor:
+def next_tokens(logits: torch.Tensor, settings: SamplingSettings, generated: int = 0,
+                draw: str = "multinomial") -> torch.Tensor:
     """One token per row from [B, V] logits after ``generated`` new tokens: argmax, or a draw after temperature,
-    top-k and top-p (HF's order); EOS is ruled out before ``min_new_tokens``."""
+    top-k and top-p (HF's order); EOS is ruled out before ``min_new_tokens``. ``draw``: ``"multinomial"`` (the
+    tokens ``generate`` draws from the same seed) or ``"inverse_cdf"`` (the same distribution, not the same tokens;
+    ~20x cheaper than ``multinomial`` on a CPU)."""
     scores = logits.float()
     if generated < settings.min_new_tokens and settings.eos_token_ids:
         scores[:, list(settings.eos_token_ids)] = -float("inf")
@@ -90,16 +93,30 @@ def next_tokens(logits: torch.Tensor, settings: SamplingSettings, generated: int
         remove = sorted_scores.softmax(-1).cumsum(-1) <= 1 - settings.top_p
         remove[:, -1] = False  # keep at least the most likely token
         scores = scores.masked_fill(remove.scatter(1, order, remove), -float("inf"))
+    if draw == "inverse_cdf":
+        return inverse_cdf_draw(scores.softmax(-1))
     return scores.softmax(-1).multinomial(1).squeeze(1)
+
+
+def inverse_cdf_draw(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of [B, V] probabilities: the first whose cumulative probability exceeds a uniform draw
+    (float64 sums; a zero-probability index is never drawn)."""
+    cdf = probs.double().cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.minimum(torch.rand(total.shape, dtype=torch.float64, device=probs.device) * total,
+                      torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
 @torch.no_grad()
 def sample_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  settings: SamplingSettings, cache: str = "dynamic", compile: bool = False) -> torch.Tensor:
+                  settings: SamplingSettings, cache: str = "dynamic", compile: bool = False,
+                  draw: str = "multinomial") -> torch.Tensor:
     """Continue left-padded prompts [B, P]; returns the new tokens [B, <= max_new_tokens], pad after each EOS.
 
     Stops when every row has produced an EOS. ``cache``: ``"dynamic"`` (grows with the sequence) or ``"static"``
-    (preallocated; fixed shapes per step). ``compile`` compiles the decoding step, with a static cache.
+    (preallocated; fixed shapes per step). ``compile`` compiles the decoding step, with a static cache. ``draw``:
+    see `next_tokens`.
     """
     from transformers import DynamicCache, StaticCache
 
@@ -127,7 +144,7 @@ def sample_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     position = positions[:, -1:]
     tokens = []
     for index in range(settings.max_new_tokens):
-        token = next_tokens(logits, settings, index)
+        token = next_tokens(logits, settings, index, draw)
         token = torch.where(unfinished, token, settings.pad_token_id)
         tokens.append(token)
         if len(eos):

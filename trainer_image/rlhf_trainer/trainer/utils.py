@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -77,11 +78,10 @@ def load_processing_class(model: nn.Module, processing_class=None, padding_side:
 
 
 def is_peft_model(model: nn.Module) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:
-        return False
-    return isinstance(model, PeftModel)
+    """Whether ``model`` is a ``PeftModel``; never imports peft (a PeftModel exists only once peft is imported,
+    and importing it costs tens of MiB a trainer without adapters should not pay)."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 class Reference:
