@@ -17,3 +17,6 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
 BUILTIN_DATASETS: tuple[str, ...] = ("movie-reviews", "movie-preferences", "movie-prompts", "digit-reversal",
                                      "digit-reversal-sft")
 """Small datasets shipped with the trainer, each with a train and a test split."""
+
+BUILTIN_VERIFIERS: tuple[str, ...] = ("digit-reversal-exact", "digit-reversal-digits")
+"""Reward programs shipped with the trainer for its builtin tasks (``rlhf_trainer.rewards``)."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal, get_args
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema, create_model, model_validator
 from pydantic.alias_generators import to_snake
@@ -294,16 +295,24 @@ class _Stages(Checked):
         for position, kind in enumerate(STAGE_ORDER):
             stage_cls = STAGE_SPECS[kind]
             earlier = STAGE_ORDER[:position]
-            for field in model_source_fields(stage_cls):
+            for field, many in model_source_fields(stage_cls):
                 name = stage_cls.model_fields[field].alias
-                ref = f"self.{kind}.{name}.fromStage"
-                unset = f"!has(self.{kind}) || !has(self.{kind}.{name}) || !has({ref})"
+                where = f"self.{kind}.{name}"
                 if earlier:
-                    runs_before = " || ".join(f"({ref} == '{e}' && has(self.{e}))" for e in earlier)
-                    rules.append(Rule(f"{unset} || {runs_before}",
-                                      f"{kind}.{name}.fromStage must name a stage that runs before {kind}"))
+                    def runs_before(ref: str) -> str:
+                        return " || ".join(f"({ref} == '{e}' && has(self.{e}))" for e in earlier)  # noqa: B023
+                    message = f"{kind}.{name}.fromStage must name a stage that runs before {kind}"
                 else:
-                    rules.append(Rule(unset, f"{kind}.{name}.fromStage: no stage runs before {kind}"))
+                    def runs_before(ref: str) -> str:
+                        return "false"
+                    message = f"{kind}.{name}.fromStage: no stage runs before {kind}"
+                if many:
+                    rule = f"!has(self.{kind}) || !has({where}) || {where}.all(x, !has(x.fromStage) || " \
+                           f"{runs_before('x.fromStage')})"
+                else:
+                    rule = f"!has(self.{kind}) || !has({where}) || !has({where}.fromStage) || " \
+                           f"{runs_before(where + '.fromStage')}"
+                rules.append(Rule(rule.removesuffix(" || false"), message))
             for field, sources in stage_cls.from_earlier.items():
                 if field != stage_cls.model_field:
                     name = stage_cls.model_fields[field].alias
@@ -322,10 +331,18 @@ Stages = create_model(
     **{name: (STAGE_SPECS[name] | None, Field(None, description=kind.stage.__doc__)) for name, kind in KINDS.items()})
 
 
-def model_source_fields(stage_cls: type[StageSettings]) -> list[str]:
-    """A stage's fields that hold a model source (those a fromStage may appear in)."""
-    return [name for name, info in stage_cls.model_fields.items()
-            if any(isinstance(arg, type) and issubclass(arg, ModelSource) for arg in get_args(info.annotation))]
+def model_source_fields(stage_cls: type[StageSettings]) -> list[tuple[str, bool]]:
+    """A stage's fields that hold model sources (those a fromStage may appear in), and whether each holds a list."""
+    found = []
+    for name, info in stage_cls.model_fields.items():
+        options = get_args(info.annotation) if get_origin(info.annotation) in (Union, UnionType) else [info.annotation]
+        for arg in options:
+            many = get_origin(arg) is list
+            inner = get_args(arg)[0] if many else arg
+            if isinstance(inner, type) and issubclass(inner, ModelSource):
+                found.append((name, many))
+                break
+    return found
 
 
 class Storage(Checked):

@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.alias_generators import to_camel
 
-from rlhf_contract.sources import DatasetSource, ModelSource, RewardSource, Source, iter_sources
+from rlhf_contract.sources import DatasetSource, ModelSource, Source, iter_sources
 from rlhf_operator.api import KubernetesStage, RLHFJob
 from rlhf_operator.crd import crd_yaml
 from rlhf_operator.plan import Plan, PlanError, PlannedStage, make_plan
@@ -175,8 +175,10 @@ def _describe_source(source: Source) -> str:
         where = f"hub {source.name}" + (f"@{source.revision}" if source.revision else "")
     elif source.path is not None:
         where = source.path
-    elif isinstance(source, RewardSource) and source.callable is not None:
+    elif getattr(source, "callable", None) is not None:
         where = f"callable {source.callable}"
+    elif getattr(source, "verifier", None) is not None:
+        where = f"verifier {source.verifier}"
     else:
         where = f"builtin {source.builtin}"
     if isinstance(source, DatasetSource):
@@ -184,7 +186,8 @@ def _describe_source(source: Source) -> str:
                    "split": source.split, "format": source.format}
     else:
         details = {"dtype": source.dtype, "quantization": source.quantization,
-                   "label": getattr(source, "label", None)}
+                   "label": getattr(source, "label", None), "weight": getattr(source, "weight", 1.0) != 1.0 and
+                   source.weight}
     shown = ", ".join(f"{key} {value}" for key, value in details.items() if value)
     return f"{where} ({shown})" if shown else where
 
@@ -196,8 +199,9 @@ def _settings(model: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
         if not prefix and (name in KubernetesStage.model_fields or name == "distributed"):
             continue
         value, key = getattr(model, name), prefix + (info.alias or name)
-        if isinstance(value, ModelSource | DatasetSource):
-            continue
+        if isinstance(value, ModelSource | DatasetSource) or (
+                isinstance(value, list) and value and isinstance(value[0], ModelSource)):
+            continue  # listed as the stage's inputs
         if isinstance(value, BaseModel):
             found += _settings(value, key + ".")
         elif value != info.get_default(call_default_factory=True):

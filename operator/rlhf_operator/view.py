@@ -315,12 +315,13 @@ _STYLES = {"Succeeded": "green", "Skipped": "green", "Failed": "bold red", "Stop
 
 
 def before_after(metrics: Mapping[str, float]) -> list[str]:
-    """``reward 0.67 → 2.43`` for each score of held-out prompts taken before and after training."""
-    pairs = []
-    for key, label in JUDGES.items():
-        if f"{key}Before" in metrics and f"{key}After" in metrics:
-            pairs.append(f"{label} {number(metrics[f'{key}Before'])} → {number(metrics[f'{key}After'])}")
-    return pairs
+    """``reward 0.67 → 2.43`` for each score of held-out prompts taken before and after training: the reward and
+    the judge first, then each reward function's own (GRPO's ``<name>Before``/``<name>After``)."""
+    names = [key.removesuffix("Before") for key in metrics if key.endswith("Before")]
+    names = [name for name in names if f"{name}After" in metrics]
+    names.sort(key=lambda name: (list(JUDGES).index(name) if name in JUDGES else len(JUDGES), name))
+    return [f"{JUDGES.get(name, name)} {number(metrics[f'{name}Before'])} → {number(metrics[f'{name}After'])}"
+            for name in names]
 
 
 def headline(stage: StageSummary) -> str:

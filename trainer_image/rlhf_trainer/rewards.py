@@ -1,4 +1,5 @@
-"""Reward functions to name in a stage's ``reward.callable`` (``rlhf_trainer.rewards:vader_sentiment``).
+"""Reward functions to name in a stage's ``reward.callable`` (``rlhf_trainer.rewards:vader_sentiment``), and the
+builtin verifiers of the grpo stage's ``rewards[].verifier``.
 
 PPO's are called as ``fn(queries: list[str], responses: list[str]) -> list[float]``, one score per response.
 GRPO's have TRL's reward-function signature, ``fn(prompts, completions, **kwargs) -> list[float | None]``, with
@@ -48,3 +49,7 @@ def reversal_digits(prompts, completions, answer, **kwargs) -> list[float]:
         right = sum(a == b for a, b in zip(digits, expected, strict=False))
         scores.append(right / max(len(expected), len(digits)))
     return scores
+
+
+VERIFIERS = {"digit-reversal-exact": reversal_exact, "digit-reversal-digits": reversal_digits}
+"""The builtin verifiers a grpo stage's rewards name (``verifier: digit-reversal-exact``)."""

@@ -1,9 +1,11 @@
-"""Glue between a stage config and transformers' Trainer, shared by the sft and reward runners."""
+"""Glue between a stage config and transformers' Trainer, shared by the runners of the Trainer-based stages (sft,
+reward, grpo): arguments, the callback that reports and stops, training with resume, saving the model."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from contextlib import contextmanager
 
 import torch
 from transformers import TrainerCallback, TrainingArguments
@@ -12,7 +14,7 @@ from rlhf_contract.assignment import StageAssignment
 from rlhf_contract.settings import LoRA
 from rlhf_contract.workspace import mark_complete, unmark_complete
 from rlhf_trainer.stage.runner import StageContext, StageStopped
-from rlhf_trainer.stage.sources import revision
+from rlhf_trainer.stage.sources import StageInputError, revision
 
 
 def report_to(config: StageAssignment) -> list[str]:
@@ -22,14 +24,33 @@ def report_to(config: StageAssignment) -> list[str]:
     return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
 
 
-def training_arguments(ctx: StageContext, args_class=TrainingArguments, **extra) -> TrainingArguments:
-    """TrainingArguments for the stage: its training settings, checkpoints in ``<stage>/checkpoints``."""
-    config, training = ctx.config, ctx.config.training
+def stage_arguments(ctx: StageContext) -> dict:
+    """The Trainer arguments every stage sets the same way: checkpoints in ``<stage>/checkpoints``, the seed,
+    precision, devices, trackers and parallelism."""
+    config = ctx.config
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(ctx.dir.root / "tensorboard"))
-    evaluation = config.evaluation
     precision = config.distributed.mixed_precision
-    return args_class(
+    return dict(
         output_dir=str(ctx.dir.checkpoints),
+        save_strategy="steps",
+        save_steps=config.checkpointing.save_steps,
+        save_total_limit=config.checkpointing.save_total_limit,
+        seed=config.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        report_to=report_to(config),
+        disable_tqdm=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        **strategy_arguments(config),
+    )
+
+
+def training_arguments(ctx: StageContext, args_class=TrainingArguments, **extra) -> TrainingArguments:
+    """TrainingArguments for a supervised stage: its training settings, and ``stage_arguments``."""
+    config, training = ctx.config, ctx.config.training
+    evaluation = config.evaluation
+    return args_class(
         learning_rate=training.learning_rate,
         num_train_epochs=training.num_train_epochs,
         max_steps=training.max_steps or -1,
@@ -42,21 +63,20 @@ def training_arguments(ctx: StageContext, args_class=TrainingArguments, **extra)
         max_grad_norm=training.max_grad_norm,
         gradient_checkpointing=training.gradient_checkpointing,
         logging_steps=training.logging_steps,
-        save_strategy="steps",
-        save_steps=config.checkpointing.save_steps,
-        save_total_limit=config.checkpointing.save_total_limit,
         eval_strategy="steps" if evaluation is not None and evaluation.steps else "no",
         eval_steps=evaluation.steps if evaluation is not None else None,
-        seed=config.seed,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
-        report_to=report_to(config),
-        disable_tqdm=True,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        **strategy_arguments(config),
+        **stage_arguments(ctx),
         **extra,
     )
+
+
+@contextmanager
+def config_errors(what: str):
+    """Errors building the trainer's config from the stage config are the stage config's: invalid input (exit 4)."""
+    try:
+        yield
+    except ValueError as exc:
+        raise StageInputError(f"{what}: {exc}") from exc
 
 
 def strategy_arguments(config: StageAssignment) -> dict:

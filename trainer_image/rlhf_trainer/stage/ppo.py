@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from transformers import AutoConfig
 
-from rlhf_contract.settings import Guardrails
 from rlhf_contract.stages.ppo import PPOStageConfig
 from rlhf_contract.workspace import mark_complete, unmark_complete
 from rlhf_trainer.core import LengthSampler, set_seed
 from rlhf_trainer.models import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
 from rlhf_trainer.rewards import vader_compound
+from rlhf_trainer.stage.guardrails import ended_by, guardrail
 from rlhf_trainer.stage.hf import lora_config, report_to
 from rlhf_trainer.stage.runner import StageContext, StageStopped
 from rlhf_trainer.stage.scoring import make_scorer
@@ -109,7 +109,7 @@ def run(ctx: StageContext) -> dict:
         state.scores.append(stats["env/reward_mean"])
         state.kls.append(float(stats["objective/kl"]))
         ctx.report(state.step, config.steps, {k: v for k, v in stats.items() if np.ndim(v) == 0})
-        reason = guardrail(config.guardrails, state)
+        reason = guardrail(config.guardrails, state.scores, state.kls)
         stopping = ctx.should_stop()
         if reason or stopping or state.step % config.checkpointing.save_steps == 0:
             save_checkpoint(trainer, ctx, state)
@@ -180,21 +180,6 @@ def batch_indices(config: PPOStageConfig, step: int, size: int, accelerator) -> 
     return chosen[start:start + per_process].tolist()
 
 
-def guardrail(guardrails: Guardrails | None, state: LoopState) -> str | None:
-    """The name of the guardrail that ends the stage now, if any."""
-    if guardrails is None:
-        return None
-    if guardrails.max_kl is not None and len(state.kls) >= guardrails.for_steps and all(
-            kl > guardrails.max_kl for kl in state.kls[-guardrails.for_steps:]):
-        return "MaxKl"
-    window = guardrails.window
-    if guardrails.min_reward_improvement is not None and len(state.scores) >= 2 * window:
-        recent, before = state.scores[-window:], state.scores[-2 * window:-window]
-        if statistics.fmean(recent) - statistics.fmean(before) < guardrails.min_reward_improvement:
-            return "MinRewardImprovement"
-    return None
-
-
 @torch.no_grad()
 def evaluate(trainer: PPOTrainer, queries: list[torch.Tensor], scorer, config: PPOStageConfig,
              generation: dict) -> dict:
@@ -257,9 +242,7 @@ def outcome(config: PPOStageConfig, state: LoopState, reason: str | None, after:
         "scores": state.scores,
     }
     if reason is not None:
-        action = config.guardrails.action
-        result.update(reason=reason, phase="Succeeded" if action == "stop" else "Failed",
-                      message=f"guardrail {reason} ended the stage at step {state.step} (action {action})")
+        result.update(ended_by(config.guardrails, reason, state.step))
     if after is not None:
         result["evaluation"] = {"before": state.before, "after": after}
         for key in ("reward", "vader"):
