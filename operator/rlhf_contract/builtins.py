@@ -18,5 +18,5 @@ BUILTIN_DATASETS: tuple[str, ...] = ("movie-reviews", "movie-preferences", "movi
                                      "digit-reversal-sft")
 """Small datasets shipped with the trainer, each with a train and a test split."""
 
-BUILTIN_VERIFIERS: tuple[str, ...] = ("digit-reversal-exact", "digit-reversal-digits")
+BUILTIN_VERIFIERS: tuple[str, ...] = ("digit-reversal-exact", "digit-reversal-digits", "math-answer")
 """Reward programs shipped with the trainer for its builtin tasks (``rlhf_trainer.rewards``)."""

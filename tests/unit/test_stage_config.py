@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -19,7 +20,7 @@ def ppo_config(**changes) -> PPOStageConfig:
 
 
 def test_stage_kinds_and_config_models_agree_in_run_order():
-    assert tuple(STAGE_CONFIGS) == STAGE_ORDER == ("sft", "reward", "ppo")
+    assert tuple(STAGE_CONFIGS) == STAGE_ORDER == ("sft", "reward", "ppo", "grpo")
 
 
 def test_json_round_trip_keeps_every_field_and_selects_the_kind():
@@ -121,3 +122,32 @@ def test_held_out_split_of_a_file_is_refused():
 
 def test_sft_learns_the_text_column_by_default():
     assert SFTStage(dataset={"builtin": "movie-reviews"}).columns == TextColumns(text="text")
+
+
+def test_grpo_settings_are_grpoconfig_knobs_with_trls_defaults():
+    from rlhf_contract.stages.grpo import GRPOGeneration, GRPOSettings
+    from rlhf_trainer.trainer.grpo_config import GRPOConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+    for model in (GRPOSettings(), GRPOGeneration()):
+        for knob, value in model.model_dump().items():
+            expected = defaults["warmup_steps" if knob == "warmup_ratio" else knob]
+            assert value == expected, (knob, value, expected)
+
+
+def test_every_builtin_verifier_and_dataset_has_its_program():
+    from rlhf_contract.builtins import BUILTIN_DATASETS, BUILTIN_VERIFIERS
+    from rlhf_trainer.data import load_builtin
+    from rlhf_trainer.rewards import VERIFIERS
+
+    assert set(VERIFIERS) == set(BUILTIN_VERIFIERS)
+    for name in BUILTIN_DATASETS:
+        assert load_builtin(name, "train") and load_builtin(name, "test")
+
+
+def test_math_answer_compares_the_final_numbers():
+    from rlhf_trainer.rewards import math_answer
+
+    answers = ["She has 3 + 4 = 7 apples.\n#### 7", "#### 1,200", "#### 2.5", "no number here"]
+    completions = ["So the answer is 7.", "It costs $1,200 in all", "about 3", "42"]
+    assert math_answer(["q"] * 4, completions, answers) == [1.0, 1.0, 0.0, None]

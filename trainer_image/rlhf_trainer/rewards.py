@@ -51,5 +51,25 @@ def reversal_digits(prompts, completions, answer, **kwargs) -> list[float]:
     return scores
 
 
-VERIFIERS = {"digit-reversal-exact": reversal_exact, "digit-reversal-digits": reversal_digits}
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def _last_number(text: str) -> float | None:
+    numbers = _NUMBER.findall(text)
+    return float(numbers[-1].replace(",", "")) if numbers else None
+
+
+def math_answer(prompts, completions, answer, **kwargs) -> list[float | None]:
+    """1.0 where the completion's last number equals the answer's (GSM8K's answers end ``#### 42``: the number
+    after ``####``; else the answer's last number), else 0.0; None for a row whose answer holds no number."""
+    scores = []
+    for completion, expected in zip(completions, answer, strict=True):
+        target = _last_number(str(expected).rsplit("####", 1)[-1])
+        got = _last_number(_completion_text(completion))
+        scores.append(None if target is None else float(got is not None and abs(got - target) < 1e-6))
+    return scores
+
+
+VERIFIERS = {"digit-reversal-exact": reversal_exact, "digit-reversal-digits": reversal_digits,
+             "math-answer": math_answer}
 """The builtin verifiers a grpo stage's rewards name (``verifier: digit-reversal-exact``)."""

@@ -26,8 +26,9 @@ class RewardFunction(ModelSource):
     only_with = {"revision": ("name",), "label": ("name", "path", "builtin", "from_stage")}
 
     verifier: Literal[BUILTIN_VERIFIERS] | None = Field(
-        None, description="A checker shipped with the trainer, for its builtin tasks (digit-reversal-exact: 1 for "
-                          "the exact answer; digit-reversal-digits: the share of digits right).")
+        None, description="A checker shipped with the trainer: digit-reversal-exact (1 for the exact answer) and "
+                          "digit-reversal-digits (the share of digits right) for the builtin task; math-answer (1 "
+                          "where the completion's last number is the answer column's, GSM8K's '#### 42' too).")
     callable: str | None = Field(
         None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
         description="A Python function module:function importable in the trainer image, called as TRL's reward "

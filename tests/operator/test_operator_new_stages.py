@@ -1,0 +1,78 @@
+"""The newer stage kinds on a cluster: their Jobs run in order like the others', their trainers' progress reaches
+status.<kind> and status.progress, and kubectl get's columns show it, whatever the kind."""
+
+import copy
+from pathlib import Path
+
+import yaml
+from harness import NS, ROOT, run_stage, wait_for
+
+from rlhf_operator.crd import PRINTER_COLUMNS
+from rlhf_trainer.stage.report import HttpReporter, Reporter
+
+GRPO_DEMO = yaml.safe_load((ROOT / "manifests" / "examples" / "digit-reversal-tiny.yaml").read_text())
+
+
+def job_from(example: dict, name: str) -> dict:
+    body = copy.deepcopy(example)
+    body["metadata"] = {"name": name, "namespace": NS}
+    return body
+
+
+def columns(obj: dict, wide: bool = False) -> dict[str, object]:
+    """What ``kubectl get rlhfjobs`` (``-o wide``) shows of ``obj``: its printer columns' JSONPaths resolved."""
+    shown = {}
+    for column in PRINTER_COLUMNS:
+        if column.get("priority") and not wide:
+            continue
+        value = obj
+        for key in column["jsonPath"].strip(".").split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        shown[column["name"].upper()] = value
+    return shown
+
+
+def push(operator, cluster, api, tmp_path: Path, job: str, stage: str, records: list[tuple]) -> None:
+    """Progress records of ``stage``'s trainer pod, pushed as a trainer pushes them (its reporter, its token)."""
+    pod = api.create_pod(NS, f"{job}-{stage}")
+    token = tmp_path / "token"
+    token.write_text(cluster.cluster.issue_pod_token(NS, pod))
+    reporter = Reporter(stage, stage, [HttpReporter(operator.url + "/v1/status", str(token), interval=0)])
+    for step, total, metrics, result in records:
+        reporter.report(step, total, metrics, result)
+        wait_for(lambda step=step: (api.status(NS, job).get("progress") or {}).get("step") == step)
+    reporter.close()
+
+
+def test_sft_then_grpo_runs_in_order_and_grpos_progress_fills_its_status_and_columns(cluster, api, operator, tmp_path):
+    api.create_rlhfjob(NS, job_from(GRPO_DEMO, "digits"))
+    api.wait_job(NS, "digits-sft")
+    run_stage(api, "digits-sft")
+    grpo_job = api.wait_job(NS, "digits-grpo")
+    config = yaml.safe_load(api.core.read_namespaced_config_map("digits-grpo", NS).data["stage.json"])
+    assert (config["kind"], config["policy"]["path"]) == ("grpo", "/workspace/sft/model")
+    assert [r["verifier"] for r in config["rewards"]] == ["digit-reversal-exact", "digit-reversal-digits"]
+    assert grpo_job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 300
+    api.start_job(NS, "digits-grpo")
+
+    metrics = {"reward": 1.2, "reward_std": 0.4, "kl": 0.0, "completions/mean_length": 5.5,
+               "clip_ratio/region_mean": 0.0, "frac_reward_zero_std": 0.25, "entropy": 1.1, "loss": 0.01,
+               "rewards/reversal_exact/mean": 0.5}
+    push(operator, cluster, api, tmp_path, "digits", "grpo", [(150, 600, metrics, None)])
+    status = api.status(NS, "digits")
+    assert {k: v for k, v in status["grpo"].items() if k != "updatedAt"} == {
+        "step": 150, "totalSteps": 600, "reward": 1.2, "rewardStd": 0.4, "kl": 0.0, "completionLength": 5.5,
+        "clipRatio": 0.0, "fracRewardZeroStd": 0.25, "entropy": 1.1, "loss": 0.01}
+    shown = columns(api.rlhfjob(NS, "digits"), wide=True)
+    assert {k: shown[k] for k in ("STAGE", "PHASE", "STEP", "REWARD", "KL", "PROGRESS")} == {
+        "STAGE": "grpo", "PHASE": "Running", "STEP": 150, "REWARD": 1.2, "KL": 0.0, "PROGRESS": 25}
+
+    result = {"reason": "Completed", "steps": 600, "totalSteps": 600, "durationSeconds": 16.0,
+              "metrics": {"rewardBefore": 0.69, "rewardAfter": 1.70, "rewardFirstSteps": 0.72,
+                          "rewardLastSteps": 1.70, "reversal_exactBefore": 0.01}}
+    push(operator, cluster, api, tmp_path, "digits", "grpo", [(600, 600, {"reward": 1.7}, result)])
+    api.complete_job(NS, "digits-grpo")
+    status = api.wait_phase(NS, "digits", "Succeeded")
+    assert status["stages"]["grpo"]["results"] == {"rewardBefore": 0.69, "rewardAfter": 1.70,
+                                                   "rewardFirstSteps": 0.72, "rewardLastSteps": 1.70}
+    assert columns(api.rlhfjob(NS, "digits"))["STEP"] == 600
