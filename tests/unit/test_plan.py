@@ -3,6 +3,7 @@ import re
 
 import pytest
 
+from rlhf_contract.kinds import STAGE_ORDER
 from rlhf_contract.stages.ppo import PPOStageConfig
 from rlhf_contract.stages.reward import RewardStageConfig
 from rlhf_contract.stages.sft import SFTStageConfig
@@ -103,7 +104,7 @@ def test_long_job_names_that_share_a_prefix_get_different_children():
         ({"ppo": {"reward": {"fromStage": "reward"}}}, ["reward"], "spec.stages.ppo.reward.fromStage",
          "stage 'reward' does not run before 'ppo' (this job has no reward stage)"),
         ({"reward": {"model": {"fromStage": "ppo"}}}, [], "spec.stages.reward.model.fromStage",
-         "stage 'ppo' does not run before 'reward' (stages run in the order sft, reward, ppo)"),
+         f"stage 'ppo' does not run before 'reward' (stages run in the order {', '.join(STAGE_ORDER)})"),
         ({"sft": {"model": {"fromStage": "sft"}}}, [], "spec.stages.sft.model.fromStage",
          "stage 'sft' does not run before 'sft'"),
         ({}, ["reward"], "spec.stages.ppo.reward",
