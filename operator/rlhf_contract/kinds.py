@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from rlhf_contract.assignment import StageAssignment
     from rlhf_contract.settings import StageSettings
 
-StageKind = Literal["sft", "reward", "ppo", "grpo"]
+StageKind = Literal["sft", "reward", "dpo", "ppo", "grpo"]
 STAGE_ORDER: tuple[str, ...] = get_args(StageKind)
 
 

@@ -16,13 +16,18 @@ STRATEGIES = ("ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3")
 
 # --- what a stage reads ----------------------------------------------------------------------------------------
 
-class PreferenceColumns(Schema):
-    """The columns a reward model learns from: a chosen and a rejected text, with an optional shared prompt."""
+class PairColumns(Schema):
+    """The columns of preference pairs: a chosen and a rejected text, with an optional shared prompt."""
 
     chosen: str = Field("chosen", min_length=1, description="Column of the preferred text.")
     rejected: str = Field("rejected", min_length=1, description="Column of the other text.")
     prompt: str | None = Field(
         None, min_length=1, description="Column of a prompt put before both texts; unset: they are complete.")
+
+
+class PreferenceColumns(PairColumns):
+    """The columns a reward model learns from: a pair, and optionally how much chosen is preferred."""
+
     margin: str | None = Field(
         None, min_length=1, description="Column of how much chosen is preferred, added to the loss as a margin.")
 

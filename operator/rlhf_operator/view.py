@@ -24,23 +24,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-# What the live view shows of each kind: (label, metric keys in order of preference).
-KEY_METRICS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
-    "sft": (("loss", ("loss",)), ("eval loss", ("eval_loss",)), ("train loss", ("train_loss",))),
-    "reward": (("loss", ("loss",)), ("accuracy", ("eval_accuracy",)), ("train loss", ("train_loss",))),
-    "ppo": (("score", ("env/reward_mean", "ppo/mean_scores")), ("kl", ("objective/kl",)),
-            ("kl coef", ("objective/kl_coef",))),
-    "grpo": (("reward", ("reward",)), ("kl", ("kl",)), ("length", ("completions/mean_length",))),
-    "dpo": (("loss", ("loss",)), ("accuracy", ("rewards/accuracies",)),
-            ("margin", ("rewards/margins",)), ("train loss", ("train_loss",))),
-}
-# What the summary says of a finished stage, after any before -> after scores on held-out prompts.
-HEADLINE: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
-    "sft": (("eval loss", ("eval_loss",)), ("train loss", ("train_loss",))),
-    "reward": (("eval accuracy", ("eval_accuracy",)), ("eval loss", ("eval_loss",))),
-    "dpo": (("eval accuracy", ("eval_rewards/accuracies",)), ("eval margin", ("eval_rewards/margins",)),
-            ("eval loss", ("eval_loss",)), ("train loss", ("train_loss",))),
-}
+from rlhf_contract.stages import KINDS
+
+# What each kind shows comes from the contract (rlhf_contract.kinds): its live numbers as it trains, its results
+# once it ended. A few more keys, for records written before a kind declared them, or by the trainer's end of run.
+LIVE_SHOWN = 3  # live numbers on a stage's progress line
+FALLBACK_KEYS = {"loss": ("train_loss",), "score": ("ppo/mean_scores",)}
 JUDGES = {"reward": "reward", "vader": "VADER"}  # <key>Before/<key>After in a result's metrics -> its label
 SPEED_WINDOW = 60.0  # seconds: speed is measured over the current run's latest minute (times are whole seconds)
 SPEED_RECORDS = 1000  # ... or its latest this many records, when it logs faster (the cost of a line stays small)
@@ -108,12 +97,15 @@ def duration(seconds: float) -> str:
 
 
 def key_metrics(kind: str, metrics: Mapping[str, float]) -> list[tuple[str, float]]:
-    """The kind's key metrics found in ``metrics``, as (label, value), in the kind's order."""
+    """The kind's key metrics found in ``metrics``, as (label, value), in the kind's order: its first live
+    numbers (``rlhf_contract``)."""
     shown = []
-    for label, keys in KEY_METRICS.get(kind, ()):
+    numbers = list(KINDS[kind].live.values())[:LIVE_SHOWN] if kind in KINDS else []
+    for number_ in numbers:
+        keys = (number_.key, *FALLBACK_KEYS.get(number_.label, ()))
         value = next((metrics[key] for key in keys if key in metrics), None)
         if value is not None:
-            shown.append((label, value))
+            shown.append((number_.label, value))
     return shown
 
 
@@ -325,18 +317,19 @@ def before_after(metrics: Mapping[str, float]) -> list[str]:
 
 
 def headline(stage: StageSummary) -> str:
-    """What the stage achieved, in a few numbers."""
+    """What the stage achieved, in a few numbers: held-out scores before → after; else its score over the first
+    → the last steps; else the first of its kind's results (``rlhf_contract``)."""
     if held_out := before_after(stage.metrics):
         return "held-out " + ", ".join(held_out)
     metrics = stage.metrics
-    if "meanScoreFirstSteps" in metrics and "meanScoreLastSteps" in metrics:
-        return (f"score {number(metrics['meanScoreFirstSteps'])} → {number(metrics['meanScoreLastSteps'])}"
-                " (first → last steps)")
-    shown = []
-    for label, keys in HEADLINE.get(stage.kind, ()):
-        value = next((metrics[key] for key in keys if key in metrics), None)
-        if value is not None:
-            shown.append(f"{label} {number(value)}")
+    for name in ("meanScore", "reward"):
+        if f"{name}FirstSteps" in metrics and f"{name}LastSteps" in metrics:
+            label = "score" if name == "meanScore" else name
+            return (f"{label} {number(metrics[f'{name}FirstSteps'])} → {number(metrics[f'{name}LastSteps'])}"
+                    " (first → last steps)")
+    results = KINDS[stage.kind].results.values() if stage.kind in KINDS else []
+    shown = [f"{n.label} {number(metrics[n.key])}" for n in results if n.key in metrics
+             and not n.key.endswith(("Before", "After", "FirstSteps", "LastSteps"))]
     return ", ".join(shown[:3])
 
 

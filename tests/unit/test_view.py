@@ -171,7 +171,7 @@ def test_the_summary_has_a_row_per_stage_with_its_headline():
     assert lines[2].split() == ["sft", "Succeeded", "600/600", "12", "s", "eval", "loss", "1.34,", "train", "loss",
                                 "2.18"]
     assert lines[3].split() == ["reward", "Succeeded", "100/100", "4", "s", "eval", "accuracy", "1.00,", "eval",
-                                "loss", "0.00183"]
+                                "loss", "0.00183,", "train", "loss", "0.12"]
     assert " ".join(lines[4].split()) == ("ppo Succeeded 100/100 3 min 10 s held-out reward 0.67 → 2.43, "
                                          "VADER 0.41 → 0.74")
 

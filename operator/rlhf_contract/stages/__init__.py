@@ -19,9 +19,9 @@ from pydantic import Field, TypeAdapter
 
 from rlhf_contract.assignment import StageAssignment
 from rlhf_contract.kinds import STAGE_ORDER, Kind
-from rlhf_contract.stages import grpo, ppo, reward, sft
+from rlhf_contract.stages import dpo, grpo, ppo, reward, sft
 
-KINDS: dict[str, Kind] = {kind.name: kind for kind in (sft.KIND, reward.KIND, ppo.KIND, grpo.KIND)}
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (sft.KIND, reward.KIND, dpo.KIND, ppo.KIND, grpo.KIND)}
 """Every stage kind, in run order."""
 assert tuple(KINDS) == STAGE_ORDER, "KINDS must list every kind of StageKind, in its order"
 

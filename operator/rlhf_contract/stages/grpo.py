@@ -140,11 +140,11 @@ class GRPOStage(StageSettings):
     reinforced by how much better it did than its group (TRL 1.x's GRPOTrainer)."""
 
     model_field = "policy"
-    from_earlier = {"policy": ("sft", "ppo")}
+    from_earlier = {"policy": ("sft", "dpo", "ppo")}
     strategies = ("ddp",)  # sampling reads the whole model: sharded weights (FSDP, ZeRO) are not gathered for it
 
     policy: ModelSource | None = Field(
-        None, description="The policy's initial model; unset: the latest policy stage's (sft, ppo) model when the "
+        None, description="The policy's initial model; unset: the latest policy stage's (sft, dpo, ppo) model when the "
                           "job runs one, else spec.model.")
     rewards: list[RewardFunction] = Field(
         min_length=1, max_length=MAX_REWARDS, description="What GRPO maximises: the weighted sum of these.")

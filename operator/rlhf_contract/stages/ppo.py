@@ -125,11 +125,11 @@ class PPOStage(StageSettings):
     """PPO: the policy answers prompts, the reward scores the answers, PPO updates the policy (TRL v0.7's step)."""
 
     model_field = "policy"
-    from_earlier = {"policy": ("sft",), "reward": ("reward",)}
+    from_earlier = {"policy": ("sft", "dpo"), "reward": ("reward",)}
     strategies = ("ddp", "deepspeed-zero2")  # its own loop does not gather sharded weights (FSDP, ZeRO-3) to sample
 
     policy: ModelSource | None = Field(
-        None, description="The policy's initial model (the reference is a frozen copy); unset: the sft stage's "
+        None, description="The policy's initial model (the reference is a frozen copy); unset: the latest policy stage's (sft, dpo) "
                           "model when the job runs one, else spec.model.")
     reward: RewardSource | None = Field(
         None, description="What scores responses; unset: the reward stage's model when the job runs one.")

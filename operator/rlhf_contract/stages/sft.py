@@ -60,7 +60,7 @@ KIND = Kind(
         "learningRate": Number("learning_rate", "lr", "Learning rate now."),
     },
     results={
-        "trainLoss": Number("train_loss", "train loss", "Training loss, averaged over the whole stage."),
         "evalLoss": Number("eval_loss", "eval loss", "Loss on the held-out data at the end."),
+        "trainLoss": Number("train_loss", "train loss", "Training loss, averaged over the whole stage."),
     },
 )
