@@ -1,4 +1,4 @@
-"""rlhf_trainer: SFT, reward modelling and PPO with the API TRL v0.7 users know.
+"""rlhf_trainer: SFT, reward modelling and PPO with the API TRL v0.7 users know; DPO with TRL 1.16's.
 
 Names are imported lazily so that torch-free parts (``rlhf_trainer.stage.config``, ``PPOConfig``) can be used
 by the operator without importing torch.
@@ -14,6 +14,8 @@ _EXPORTS = {
     "SFTTrainer": "rlhf_trainer.trainer.sft",
     "RewardTrainer": "rlhf_trainer.trainer.reward",
     "RewardConfig": "rlhf_trainer.trainer.reward",
+    "DPOConfig": "rlhf_trainer.trainer.dpo_config",
+    "DPOTrainer": "rlhf_trainer.trainer.dpo",
     "AutoModelForCausalLMWithValueHead": "rlhf_trainer.models",
     "AutoModelForSeq2SeqLMWithValueHead": "rlhf_trainer.models",
     "PreTrainedModelWrapper": "rlhf_trainer.models",
