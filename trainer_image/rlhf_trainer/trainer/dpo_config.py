@@ -38,8 +38,9 @@ class DPOConfig(TrainingArguments):
     learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate for AdamW."})
     logging_steps: float = field(default=10, metadata={
         "help": "Log every X update steps: an integer, or a float in [0, 1) for a ratio of the total steps."})
-    gradient_checkpointing: bool = field(default=True, metadata={
-        "help": "Recompute activations in the backward pass instead of keeping them: less memory, more compute."})
+    gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "Recompute activations in the backward pass instead of keeping them: less memory, more compute. "
+                "Default: True (unless activation_checkpointing, transformers' new name for it, is set)."})
     bf16: bool | None = field(default=None, metadata={
         "help": "Train in bf16 mixed precision. Default: True unless fp16 is set."})
 
@@ -137,6 +138,8 @@ class DPOConfig(TrainingArguments):
             raise ValueError("activation_offloading=True is not supported by this DPOTrainer; use "
                              "gradient_checkpointing=True to save activation memory")
         self.bf16 = not self.fp16 if self.bf16 is None else self.bf16
+        if self.gradient_checkpointing is None and self.activation_checkpointing is None:
+            self.activation_checkpointing = True  # TRL's default, set under the name transformers 5 reads
         super().__post_init__()
         if isinstance(self.pad_to_multiple_of, str) and self.pad_to_multiple_of != "auto":
             text = self.pad_to_multiple_of.lower()
