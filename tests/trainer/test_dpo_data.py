@@ -97,6 +97,7 @@ def test_every_prompt_too_long_is_an_error(tiny_tokenizer):
      "rejected", 1),
     ([{"prompt": "a", "chosen": [{"role": "assistant", "content": "x"}], "rejected": " y"}], "rejected", 0),
     ([{"prompt": None, "chosen": " x", "rejected": " y"}], "prompt", 0),
+    ([{"prompt": "a", "chosen": " x", "rejected": " y", "images": []}], "images", None),
 ])
 def test_bad_rows_are_named(tiny_tokenizer, rows, column, row):
     with pytest.raises(DatasetError) as error:
@@ -145,6 +146,25 @@ def test_packed_batch_holds_the_same_sequences_with_restarting_positions():
         assert packed["position_ids"][where].tolist() == list(range(int(real.sum())))
     assert packed["input_ids"].shape[1] <= 6 and (packed["sequence_index"] >= 0).sum() == 13  # no padding inside
     assert packed["ref_chosen_logps"].tolist() == [-1.0, -3.0] and packed["ref_rejected_logps"].tolist() == [-2, -4]
+
+
+def test_shared_prompt_batch_shows_each_sequence_its_own_tokens_in_order():
+    rows = [{"prompt_ids": [5, 6], "chosen_ids": [7, 8, 9], "rejected_ids": [10]},
+            {"prompt_ids": [11], "chosen_ids": [12], "rejected_ids": [13, 14, 15, 16]}]
+    padded = PreferenceCollator(pad_token_id=0, max_length=4)(rows)
+    shared = PreferenceCollator(pad_token_id=0, max_length=4, share_prompts=True)(rows)
+    attend, ids, positions = shared["attention_mask"][:, 0], shared["input_ids"], shared["position_ids"]
+    assert (shared["sequence_index"] >= 0).sum() + (shared["sequence_index"] == -2).sum() == 2 + 2 + 1 + 1 + 1 + 3
+    for sequence in range(4):
+        row, last = (shared["sequence_index"] == sequence).nonzero()[-1].tolist()
+        seen = attend[row, last].nonzero().flatten()  # what the sequence's last token attends to: its context
+        expected = padded["input_ids"][sequence][padded["attention_mask"][sequence].bool()].tolist()
+        assert ids[row, seen].tolist() == expected
+        assert positions[row, seen].tolist() == list(range(len(expected)))
+    # the first rejected token of pair 0 is predicted by the prompt's last token, not the chosen one before it
+    row, first = (shared["sequence_index"] == 2).nonzero()[0].tolist()
+    assert ids[row, shared["previous"][row, first]].item() == 6
+    assert shared["completion_lengths"].tolist() == padded["completion_lengths"].tolist()
 
 
 def test_pad_to_multiple_of():

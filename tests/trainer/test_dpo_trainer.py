@@ -77,16 +77,18 @@ def test_metrics_follow_their_definitions(tiny_model, quick_args):
     assert metrics["num_tokens"] == batch["attention_mask"].sum().item()  # prompts counted twice
 
 
-@pytest.mark.parametrize(("padding_free", "chunked"), [(True, False), (False, True), (True, True)])
-def test_fast_paths_give_the_plain_loss_metrics_and_gradients(tiny_model, quick_args, padding_free, chunked):
+@pytest.mark.parametrize(("padding_free", "share", "chunked"),
+                         [(True, False, False), (True, True, False), (False, False, True), (True, True, True)])
+def test_fast_paths_give_the_plain_loss_metrics_and_gradients(tiny_model, quick_args, padding_free, share, chunked):
     path = tiny_model("tiny-llama")
     reference = build_model("llama", seed=3)  # a reference other than the policy: non-zero log ratios
     results = []
     for fast in (False, True):
         trainer = make_trainer(path, quick_args, ref_model=reference, padding_free=padding_free and fast,
-                               chunked_lm_head=chunked and fast, loss_type=["sigmoid", "sft", "ipo"],
-                               ld_alpha=0.5, use_weighting=True)
-        assert (trainer.padding_free, trainer.chunked_lm_head) == (padding_free and fast, chunked and fast)
+                               share_prompts=share and fast, chunked_lm_head=chunked and fast,
+                               loss_type=["sigmoid", "sft", "ipo"], ld_alpha=0.5, use_weighting=True, max_length=12)
+        assert (trainer.padding_free, trainer.share_prompts, trainer.chunked_lm_head) == (
+            padding_free and fast, share and fast, chunked and fast)
         trainer.model.zero_grad()
         loss, metrics = batch_loss(trainer)
         loss.backward()

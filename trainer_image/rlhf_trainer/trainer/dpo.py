@@ -36,6 +36,7 @@ from rlhf_trainer.trainer.dpo_config import DPOConfig, check_loss_settings
 from rlhf_trainer.trainer.dpo_data import (
     BATCH_KEYS,
     REF_COLUMNS,
+    SHARED_PROMPT,
     TOKEN_COLUMNS,
     PreferenceCollator,
     prepare_preference_dataset,
@@ -59,11 +60,11 @@ from rlhf_trainer.trainer.utils import (
 
 @dataclass
 class CompletionLayout:
-    """Where a batch's completion tokens are: ``scored`` [R, W-1] marks the positions whose next token is a
-    completion token to score; ``targets`` and ``sequence`` (which of the 2B sequences, chosen ones first) list
-    those tokens in order; ``lengths`` / ``scored_lengths`` [2B] count each sequence's completion tokens."""
+    """Where a batch's completion tokens are, in order: ``predictors`` (flat index into the [rows * W] positions
+    whose output predicts the token), ``targets`` (the token) and ``sequence`` (which of the 2B sequences, chosen
+    ones first); ``lengths`` / ``scored_lengths`` [2B] count each sequence's completion / scored tokens."""
 
-    scored: torch.Tensor
+    predictors: torch.Tensor
     targets: torch.Tensor
     sequence: torch.Tensor
     lengths: torch.Tensor
@@ -73,17 +74,24 @@ class CompletionLayout:
     def of(cls, batch: dict[str, torch.Tensor]) -> CompletionLayout:
         completion = batch["completion_mask"].bool()
         rows, width = completion.shape
-        if "sequence_index" in batch:  # packed: a sequence's first token (position 0) has nothing to predict it
-            scored = completion[:, 1:] & (batch["position_ids"][:, 1:] != 0)
-            sequence = batch["sequence_index"][:, 1:][scored]
+        columns = torch.arange(width, device=completion.device)
+        if "previous" in batch:  # shared prompts: the first rejected token follows the prompt's last token
+            previous = batch["previous"]
+        elif "sequence_index" in batch:  # packed: a sequence's first token has nothing before it
+            previous = torch.where(batch["position_ids"] == 0, -1, columns - 1)
         else:
-            scored = completion[:, 1:]
-            sequence = torch.arange(rows, device=completion.device)[:, None].expand(rows, width - 1)[scored]
+            previous = (columns - 1).expand(rows, width)
+        scored = completion & (previous >= 0)
+        flat_rows = torch.arange(rows, device=completion.device)[:, None] * width
+        if "sequence_index" in batch:
+            sequence = batch["sequence_index"][scored]
+        else:
+            sequence = torch.arange(rows, device=completion.device)[:, None].expand(rows, width)[scored]
         lengths = batch.get("completion_lengths")
         if lengths is None:
             lengths = completion.sum(1)
         scored_lengths = torch.zeros_like(lengths).index_add_(0, sequence, torch.ones_like(sequence))
-        return cls(scored, batch["input_ids"][:, 1:][scored], sequence, lengths, scored_lengths)
+        return cls((flat_rows + previous)[scored], batch["input_ids"][scored], sequence, lengths, scored_lengths)
 
     @property
     def num_pairs(self) -> int:
@@ -109,6 +117,14 @@ class CompletionLayout:
         return torch.where(rank < shared[self.sequence], ones, ones * ld_alpha)
 
 
+def sequence_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Tokens of the batch's 2B sequences, a shared prompt counted for both (as a padded batch's attention mask)."""
+    if "sequence_index" not in batch:
+        return batch["attention_mask"].sum()
+    index = batch["sequence_index"]
+    return (index >= 0).sum() + 2 * (index == SHARED_PROMPT).sum()
+
+
 def documents_isolated(model) -> bool:
     """Whether the model keeps sequences packed in one row apart (restarting position ids, no attention mask)."""
     try:
@@ -116,6 +132,36 @@ def documents_isolated(model) -> bool:
     except (ValueError, TypeError):
         return False
     return True
+
+
+@torch.no_grad()
+def prompt_sharing_works(model, pad_token_id: int) -> bool:
+    """Whether the model gives a padded batch's completion log-probs when each pair's prompt is run once (a 4D
+    attention mask over prompt + chosen + rejected): checked on two random probe pairs."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.config.get_text_config().vocab_size
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(0, vocab, (n,), generator=generator).tolist()
+
+    rows = [{"prompt_ids": ids(4), "chosen_ids": ids(3), "rejected_ids": ids(5)},
+            {"prompt_ids": ids(2), "chosen_ids": ids(4), "rejected_ids": ids(2)}]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        results = []
+        for collator in (PreferenceCollator(pad_token_id), PreferenceCollator(pad_token_id, share_prompts=True)):
+            batch = {key: value.to(device) for key, value in collator(rows).items()}
+            layout = CompletionLayout.of(batch)
+            model_inputs = {key: value for key, value in batch.items() if key not in BATCH_KEYS}
+            logits = model(**model_inputs, use_cache=False).logits.flatten(0, 1)[layout.predictors]
+            results.append(layout.sums(stats_from_logits(logits, layout.targets, stats=False).logps))
+    except (TypeError, ValueError, RuntimeError):  # an attention that takes no 4D mask
+        return False
+    finally:
+        model.train(was_training)
+    return bool(torch.allclose(results[0], results[1], rtol=1e-4, atol=1e-4))
 
 
 class SyncReferenceCallback(TrainerCallback):
@@ -202,10 +248,18 @@ class DPOTrainer(Trainer):
             self.reference.module is None or self.reference.module is model
             or chunked_loss_supported(self.reference.module))
         varlen = has_varlen_attention(model)
+        self.share_prompts = resolve_fast_path(
+            "share_prompts", args.share_prompts, args,
+            lambda: (self.padding_free and args.truncation_mode == "keep_start" and not varlen
+                     and prompt_sharing_works(model, tokenizer.pad_token_id)),
+            f"it needs padding_free, truncation_mode='keep_start' and an attention that takes a 4D mask (this "
+            f"{model.config.model_type} model's {model.config._attn_implementation} attention does not give the "
+            "padded log-probs that way)")
         if data_collator is None:
             data_collator = PreferenceCollator(
                 tokenizer.pad_token_id, args.max_length, args.truncation_mode, args.pad_to_multiple_of,
-                packed=self.padding_free, capacity=None if varlen else (args.max_length or 1), boundaries=varlen)
+                packed=self.padding_free, capacity=None if varlen else (args.max_length or 1), boundaries=varlen,
+                share_prompts=self.share_prompts)
 
         self._tokenizer = tokenizer
         prepare = partial(prepare_preference_dataset, tokenizer=processing_class, max_length=args.max_length,
@@ -286,12 +340,12 @@ class DPOTrainer(Trainer):
         if chunked:
             output = model(**model_inputs, use_cache=False, output_hidden_states=True, logits_to_keep=1)
             # [:, -width:]: prompt-learning PEFT puts virtual tokens in front
-            hidden = output.hidden_states[-1][:, -width:][:, :-1][layout.scored]
+            hidden = output.hidden_states[-1][:, -width:].flatten(0, 1)[layout.predictors]
             head = output_layer(model)
             return completion_logprobs(hidden, head.weight, head.bias, layout.targets, stats=stats,
                                        sum_sq=sum_sq), output
         output = model(**model_inputs, use_cache=False)
-        logits = output.logits[:, -width:][:, :-1][layout.scored]
+        logits = output.logits[:, -width:].flatten(0, 1)[layout.predictors]
         return stats_from_logits(logits, layout.targets, stats, sum_sq), output
 
     @torch.no_grad()
@@ -351,8 +405,7 @@ class DPOTrainer(Trainer):
         chosen = layout.sequence < layout.num_pairs
         metrics["entropy"].append(self._token_mean(policy.entropy, torch.ones_like(chosen)))
         if mode == "train":
-            real = inputs["attention_mask"] if "attention_mask" in inputs else inputs["sequence_index"] >= 0
-            self._total_train_tokens += int(self._gather_sum(real.sum())) // self._tensor_parallel_size()
+            self._total_train_tokens += int(self._gather_sum(sequence_tokens(inputs))) // self._tensor_parallel_size()
         metrics["num_tokens"] = [self._total_train_tokens]
         metrics["logits/chosen"].append(self._token_mean(policy.mean_logit, chosen))
         metrics["logits/rejected"].append(self._token_mean(policy.mean_logit, ~chosen))

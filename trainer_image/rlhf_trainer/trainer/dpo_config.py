@@ -3,9 +3,10 @@
 
     args = DPOConfig(output_dir="out", beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5])
 
-Two fields are ours, not TRL's: ``padding_free`` defaults to None (pack pairs without padding wherever the model
-keeps packed texts apart: the same numbers, faster) and ``chunked_lm_head`` (only completion tokens through the
-LM head, in chunks). Both follow the None/True/False rule of `resolve_fast_path`.
+Three fields are ours, not TRL's: ``padding_free`` defaults to None (pack pairs without padding wherever the model
+keeps packed texts apart: the same numbers, faster), ``share_prompts`` (each pair's prompt run once) and
+``chunked_lm_head`` (only completion tokens through the LM head, in chunks). All follow the None/True/False rule
+of `resolve_fast_path`.
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ class DPOConfig(TrainingArguments):
         "help": "Steps between TR-DPO's reference updates (sync_ref_model=True)."})
 
     # Ours
+    share_prompts: bool | None = field(default=None, metadata={
+        "help": "With padding_free: run each pair's prompt once, its chosen and rejected completions both attending "
+                "to it (a 4D attention mask), instead of once per sequence. None: wherever a probe shows the model "
+                "gives the padded log-probs that way (keep_start truncation, an attention that takes a 4D mask)."})
     chunked_lm_head: bool | None = field(default=None, metadata={
         "help": "Feed only the completion tokens' hidden states through the LM head, in chunks, never the full "
                 "[tokens, vocabulary] logits. None: wherever the model's logits are its LM head's output."})

@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 TOKEN_COLUMNS = ["prompt_ids", "chosen_ids", "rejected_ids"]
 REF_COLUMNS = ["ref_chosen_logps", "ref_rejected_logps"]
 # What the trainer reads from a batch besides the model's own inputs.
-BATCH_KEYS = ("completion_mask", "sequence_index", "completion_lengths", *REF_COLUMNS)
+BATCH_KEYS = ("completion_mask", "sequence_index", "previous", "completion_lengths", *REF_COLUMNS)
+SHARED_PROMPT = -2  # sequence_index of a prompt token that both sequences of a pair read
 
 
 def is_conversational(value) -> bool:
@@ -138,6 +139,10 @@ def prepare_preference_dataset(dataset, name: str, *, tokenizer, max_length: int
     dataset = to_dataset(dataset, name)
     if all(column in dataset.column_names for column in TOKEN_COLUMNS):
         return dataset  # already prepared
+    images = [column for column in ("image", "images") if column in dataset.column_names]
+    if images:
+        raise DatasetError(f"{name} has an {images[0]!r} column: vision-language preference data is not supported "
+                           "by this DPOTrainer; drop the column to train on the text alone", column=images[0])
     check_dataset(dataset, ["chosen", "rejected"], name)
     keep = [column for column in REF_COLUMNS if column in dataset.column_names]
     dataset = dataset.map(partial(prepare_row, tokenizer=tokenizer, name=name), with_indices=True, num_proc=num_proc,
@@ -175,9 +180,15 @@ class PreferenceCollator:
     Padded (default): right-padded rows with ``input_ids``, ``attention_mask`` and ``completion_mask`` (1 on
     completion tokens), as TRL's collator gives them. ``packed``: the sequences packed whole into rows of at most
     ``capacity`` tokens (one row when None) with ``position_ids`` restarting at each, no attention mask, and
-    ``sequence_index`` (which sequence each token belongs to, -1 on padding). Both add ``completion_lengths`` [2B]
+    ``sequence_index`` (which sequence each token belongs to, -1 on padding). All add ``completion_lengths`` [2B]
     and, when the rows have them, ``ref_chosen_logps`` / ``ref_rejected_logps`` [B]. ``boundaries`` adds
     flash-attention's ``cu_seq_lens_*`` to a one-row packed batch.
+
+    ``share_prompts`` (keep_start only): each pair as one group, prompt + chosen + rejected, the prompt once; the
+    rejected tokens continue the prompt's positions and attend to the prompt and themselves, never to the chosen
+    ones (a 4D boolean ``attention_mask`` [rows, 1, W, W], True = attend). ``previous`` gives each token's
+    predecessor column (-1: none), as the first rejected token follows the prompt, not the last chosen token;
+    prompt tokens have ``sequence_index`` -2 (both sequences).
     """
 
     pad_token_id: int
@@ -187,8 +198,15 @@ class PreferenceCollator:
     packed: bool = False
     capacity: int | None = None
     boundaries: bool = False
+    share_prompts: bool = False
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        if self.share_prompts:
+            batch = self._pack_shared(rows)
+            for column in REF_COLUMNS:
+                if column in rows[0]:
+                    batch[column] = torch.tensor([float(row[column]) for row in rows])
+            return batch
         sequences, masks = [], []
         for side in ("chosen_ids", "rejected_ids"):
             for row in rows:
@@ -244,3 +262,46 @@ class PreferenceCollator:
             batch.update(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens, max_length_q=longest,
                          max_length_k=longest)
         return batch
+
+    def _pack_shared(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        limit = self.max_length or 1 << 62
+        groups = []  # (prompt, chosen, rejected) token ids, each completion cut as its own row would be
+        for row in rows:
+            prompt = list(row["prompt_ids"])[:limit]
+            room = limit - len(prompt)
+            groups.append((prompt, list(row["chosen_ids"])[:room], list(row["rejected_ids"])[:room]))
+        lengths = [sum(map(len, group)) for group in groups]
+        bins = best_fit_bins(lengths, max(self.max_length or 0, max(lengths)))
+        width = self._width(max(sum(lengths[i] for i in members) for members in bins))
+        shape = (len(bins), width)
+        input_ids = torch.full(shape, self.pad_token_id)
+        position_ids = torch.zeros(shape, dtype=torch.long)
+        completion_mask = torch.zeros(shape, dtype=torch.long)
+        sequence_index = torch.full(shape, -1)
+        previous = torch.full(shape, -1)
+        attend = torch.eye(width, dtype=torch.bool).repeat(len(bins), 1, 1)  # padding attends to itself only
+        pairs = len(rows)
+        for row, members in enumerate(bins):
+            offset = 0
+            for i in sorted(members):
+                prompt, chosen, rejected = groups[i]
+                p, c, r = len(prompt), len(chosen), len(rejected)
+                start, chosen_at, rejected_at = offset, offset + p, offset + p + c
+                input_ids[row, start:rejected_at + r] = torch.tensor(prompt + chosen + rejected)
+                position_ids[row, start:rejected_at] = torch.arange(p + c)
+                position_ids[row, rejected_at:rejected_at + r] = torch.arange(p, p + r)
+                completion_mask[row, chosen_at:rejected_at + r] = 1
+                sequence_index[row, start:chosen_at] = SHARED_PROMPT
+                sequence_index[row, chosen_at:rejected_at] = i
+                sequence_index[row, rejected_at:rejected_at + r] = pairs + i
+                previous[row, start + 1:rejected_at + r] = torch.arange(start, rejected_at + r - 1)
+                if r:
+                    previous[row, rejected_at] = chosen_at - 1 if p else -1
+                causal = torch.ones(p + max(c, r), p + max(c, r), dtype=torch.bool).tril()
+                attend[row, start:rejected_at, start:rejected_at] = causal[:p + c, :p + c]
+                attend[row, rejected_at:rejected_at + r, start:chosen_at] = True
+                attend[row, rejected_at:rejected_at + r, rejected_at:rejected_at + r] = causal[:r, :r]
+                offset += p + c + r
+        return {"input_ids": input_ids, "attention_mask": attend[:, None], "position_ids": position_ids,
+                "completion_mask": completion_mask, "sequence_index": sequence_index, "previous": previous,
+                "completion_lengths": torch.tensor([len(g[1]) for g in groups] + [len(g[2]) for g in groups])}
