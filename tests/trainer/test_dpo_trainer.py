@@ -107,6 +107,9 @@ def test_padding_free_is_off_where_the_model_mixes_packed_sequences(tiny_model, 
     assert trainer.padding_free is False
     with pytest.raises(ValueError, match="padding_free=True, but"):
         make_trainer(AutoModelForCausalLM.from_pretrained(tiny_model("tiny-opt")), quick_args, padding_free=True)
+    # the reference gets the same batches: a reference that would mix packed sequences turns packing off too
+    mixed = make_trainer(tiny_model("tiny-gpt2"), quick_args, ref_model=build_model("opt"))
+    assert mixed.padding_free is False and mixed.share_prompts is False
 
 
 def test_ld_alpha_weights_tokens_past_the_shorter_completion():

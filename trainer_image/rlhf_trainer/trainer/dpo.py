@@ -234,10 +234,12 @@ class DPOTrainer(Trainer):
             self.reference = Reference(model)  # the policy before any step: no copy needed, it is used once
         else:
             self.reference = Reference.of(model, ref_model, trained_adapter)
-        self.ref_model = self.reference.module if ref_model is not None or self.reference.is_separate_model else None
+        self.ref_model = self.reference.module if self.reference.module is not model else None  # TRL's attribute
 
+        # the batches go to the reference too: a reference of its own must take them as well
+        models = [model] + ([self.ref_model] if self.ref_model is not None else [])
         self.padding_free = resolve_fast_path(
-            "padding_free", args.padding_free, args, lambda: documents_isolated(model),
+            "padding_free", args.padding_free, args, lambda: all(documents_isolated(m) for m in models),
             f"this {model.config.model_type} model's attention does not keep sequences packed in one row apart "
             "(it ignores restarting position ids)")
         self.chunked_lm_head = resolve_fast_path(
@@ -245,13 +247,12 @@ class DPOTrainer(Trainer):
             f"this {model.config.model_type} model's logits are not its LM head's output (soft-capping or scaling "
             "after it, an adapter on the head, or no logits_to_keep)")
         self.chunked_reference_head = self.chunked_lm_head and (
-            self.reference.module is None or self.reference.module is model
-            or chunked_loss_supported(self.reference.module))
+            self.ref_model is None or chunked_loss_supported(self.ref_model))
         varlen = has_varlen_attention(model)
         self.share_prompts = resolve_fast_path(
             "share_prompts", args.share_prompts, args,
             lambda: (self.padding_free and args.truncation_mode == "keep_start" and not varlen
-                     and prompt_sharing_works(model, tokenizer.pad_token_id)),
+                     and all(prompt_sharing_works(m, tokenizer.pad_token_id) for m in models)),
             f"it needs padding_free, truncation_mode='keep_start' and an attention that takes a 4D mask (this "
             f"{model.config.model_type} model's {model.config._attn_implementation} attention does not give the "
             "padded log-probs that way)")
