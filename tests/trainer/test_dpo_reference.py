@@ -129,3 +129,10 @@ def test_resume_from_a_checkpoint_continues_exactly(tiny_model, tmp_path):
     assert resumed.state.global_step == 6
     for (name, a), b in zip(straight.model.named_parameters(), resumed.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_evaluate_prepares_raw_datasets_and_named_splits(tiny_model, quick_args):
+    trainer = make_trainer(tiny_model("tiny-gpt2"), quick_args, precompute_ref_log_probs=True)
+    metrics = trainer.evaluate({"first": PAIRS[:2], "rest": PAIRS[2:]})
+    assert metrics["eval_first_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert metrics["eval_rest_loss"] == pytest.approx(math.log(2), abs=1e-6)
