@@ -1,4 +1,4 @@
-"""rlhf_trainer: SFT, reward modelling and PPO with the API TRL v0.7 users know; GRPO with TRL 1.16's.
+"""rlhf_trainer: SFT, reward modelling and PPO with the API TRL v0.7 users know; GRPO and DPO with TRL 1.16's.
 
 Names are imported lazily: ``import rlhf_trainer`` is cheap, and torch is loaded by the first name that needs it.
 """
@@ -15,6 +15,8 @@ _EXPORTS = {
     "RewardConfig": "rlhf_trainer.trainer.reward",
     "GRPOConfig": "rlhf_trainer.trainer.grpo_config",
     "GRPOTrainer": "rlhf_trainer.trainer.grpo",
+    "DPOConfig": "rlhf_trainer.trainer.dpo_config",
+    "DPOTrainer": "rlhf_trainer.trainer.dpo",
     "AutoModelForCausalLMWithValueHead": "rlhf_trainer.models",
     "AutoModelForSeq2SeqLMWithValueHead": "rlhf_trainer.models",
     "PreTrainedModelWrapper": "rlhf_trainer.models",
