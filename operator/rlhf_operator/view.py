@@ -317,20 +317,20 @@ def before_after(metrics: Mapping[str, float]) -> list[str]:
 
 
 def headline(stage: StageSummary) -> str:
-    """What the stage achieved, in a few numbers: held-out scores before → after; else its score over the first
-    → the last steps; else the first of its kind's results (``rlhf_contract``)."""
-    if held_out := before_after(stage.metrics):
-        return "held-out " + ", ".join(held_out)
+    """What the stage achieved, in a few numbers: held-out scores before → after, or its score over the first →
+    the last steps; then the first of its kind's other results (``rlhf_contract``)."""
     metrics = stage.metrics
+    results = KINDS[stage.kind].results.values() if stage.kind in KINDS else []
+    others = [f"{n.label} {number(metrics[n.key])}" for n in results if n.key in metrics
+              and not n.key.endswith(("Before", "After", "FirstSteps", "LastSteps"))]
+    if held_out := before_after(metrics):
+        return "; ".join(["held-out " + ", ".join(held_out), *others[:1]])
     for name in ("meanScore", "reward"):
         if f"{name}FirstSteps" in metrics and f"{name}LastSteps" in metrics:
             label = "score" if name == "meanScore" else name
             return (f"{label} {number(metrics[f'{name}FirstSteps'])} → {number(metrics[f'{name}LastSteps'])}"
                     " (first → last steps)")
-    results = KINDS[stage.kind].results.values() if stage.kind in KINDS else []
-    shown = [f"{n.label} {number(metrics[n.key])}" for n in results if n.key in metrics
-             and not n.key.endswith(("Before", "After", "FirstSteps", "LastSteps"))]
-    return ", ".join(shown[:3])
+    return ", ".join(others[:3])
 
 
 def summary(stages: Sequence[StageSummary], *, workspace: str, command: str) -> RenderableType:

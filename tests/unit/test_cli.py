@@ -102,7 +102,7 @@ def test_the_default_workspace_is_under_rlhf_workspace_in_the_current_directory(
          "spec.stages.ppo.reward.fromStage: stage 'reward' does not run before 'ppo' (this job has no reward stage)"),
         (demo(spec__stages__reward=None, spec__stages__ppo__reward=None),
          "spec.stages.ppo.reward: not set, and no reward stage runs before ppo; set it or add a reward stage"),
-        (demo(spec__stages={}), "spec.stages: no stages; add at least one of sft, reward, ppo"),
+        (demo(spec__stages={}), "spec.stages: no stages; add at least one of sft, reward, dpo, ppo, grpo"),
         ("- just\n- a list\n", "job.yaml: expected an RLHFJob (a mapping with apiVersion, kind, metadata and spec)"),
         (yaml.safe_dump(DEMO) + "---\n" + yaml.safe_dump(DEMO), "job.yaml: expected one RLHFJob, found 2 YAML documents"),
     ],

@@ -113,7 +113,7 @@ def test_long_job_names_that_share_a_prefix_get_different_children():
          "not set, and spec.model is not set either; set it or set spec.model"),
         ({"spec": {"model": None}}, ["sft"], "spec.stages.reward.model",
          "not set, and no sft stage runs before reward and spec.model is not set either"),
-        ({}, ["sft", "reward", "ppo"], "spec.stages", "no stages; add at least one of sft, reward, ppo"),
+        ({}, ["sft", "reward", "ppo"], "spec.stages", "no stages; add at least one of sft, reward, dpo, ppo, grpo"),
     ],
 )
 def test_specs_that_cannot_run_fail_before_anything_runs_naming_the_field(changes, drop, path, message):

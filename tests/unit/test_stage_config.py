@@ -20,7 +20,7 @@ def ppo_config(**changes) -> PPOStageConfig:
 
 
 def test_stage_kinds_and_config_models_agree_in_run_order():
-    assert tuple(STAGE_CONFIGS) == STAGE_ORDER == ("sft", "reward", "ppo", "grpo")
+    assert tuple(STAGE_CONFIGS) == STAGE_ORDER == ("sft", "reward", "dpo", "ppo", "grpo")
 
 
 def test_json_round_trip_keeps_every_field_and_selects_the_kind():
@@ -35,7 +35,7 @@ def test_json_round_trip_keeps_every_field_and_selects_the_kind():
 
 def test_unknown_kind_is_refused():
     with pytest.raises(ValidationError, match="kind"):
-        parse_stage_config(json.dumps({**json.loads(ppo_config().to_json()), "kind": "dpo"}))
+        parse_stage_config(json.dumps({**json.loads(ppo_config().to_json()), "kind": "rlaif"}))
 
 
 def test_ppo_settings_are_the_job_authors_knobs_and_the_library_config_adds_only_bookkeeping():

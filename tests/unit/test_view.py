@@ -83,7 +83,7 @@ def test_a_line_shows_the_kinds_key_metrics():
     reward = {"eval_loss": 0.002, "eval_accuracy": 1.0, "eval_margin": 6.5}
     assert key_metrics("grpo", grpo) == [("reward", 1.5), ("kl", 0.02), ("length", 31.0)]
     assert key_metrics("dpo", dpo) == [("loss", 0.61), ("accuracy", 0.75), ("margin", 0.4)]
-    assert key_metrics("reward", reward) == [("accuracy", 1.0)]
+    assert key_metrics("reward", reward) == [("accuracy", 1.0), ("eval loss", 0.002)]  # no training loss logged
     assert progress_line("dpo", "dpo", [record("dpo", 5, 50, dpo, 0)]) == \
         "dpo   5/50  loss 0.61  accuracy 0.75  margin 0.40"
 
@@ -173,7 +173,7 @@ def test_the_summary_has_a_row_per_stage_with_its_headline():
     assert lines[3].split() == ["reward", "Succeeded", "100/100", "4", "s", "eval", "accuracy", "1.00,", "eval",
                                 "loss", "0.00183,", "train", "loss", "0.12"]
     assert " ".join(lines[4].split()) == ("ppo Succeeded 100/100 3 min 10 s held-out reward 0.67 → 2.43, "
-                                         "VADER 0.41 → 0.74")
+                                         "VADER 0.41 → 0.74; kl 4.84")
 
 
 def test_the_summary_says_where_things_are_and_how_to_look_further():

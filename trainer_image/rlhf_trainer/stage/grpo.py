@@ -3,14 +3,13 @@ after and guardrails; the policy saved to ``<stage>/model``."""
 
 from __future__ import annotations
 
-import json
 import statistics
 
 from accelerate import PartialState
 from transformers import TrainerCallback
 
 from rlhf_contract.stages.grpo import GRPOStageConfig
-from rlhf_contract.workspace import read_metrics, write_json_atomic
+from rlhf_contract.workspace import read_metrics
 from rlhf_trainer.stage import hf
 from rlhf_trainer.stage.guardrails import ended_by, guardrail
 from rlhf_trainer.stage.runner import StageContext
@@ -20,7 +19,6 @@ from rlhf_trainer.trainer.grpo import GRPOTrainer
 from rlhf_trainer.trainer.grpo_config import GRPOConfig
 
 SUMMARY_STEPS = 5  # the result compares the mean reward of the first and the last this many logged steps
-HELD_OUT_BEFORE = "held_out_before.json"  # the evaluation before training, kept for a resumed run
 
 
 def dataset_columns(config: GRPOStageConfig) -> list[tuple]:
@@ -50,7 +48,7 @@ def run(ctx: StageContext) -> dict:
     watch = GuardrailWatch(config, read_metrics(ctx.dir.metrics))
     trainer.add_callback(watch)
 
-    before = held_out_rewards(trainer, ctx) if held_out is not None else None
+    before = hf.measured_before(ctx, trainer.evaluate) if held_out is not None else None
     outcome = hf.train(trainer, ctx, train, evaluate=False)
     metrics = outcome["metrics"]
     logged = [r["metrics"]["reward"] for r in read_metrics(ctx.dir.metrics) if "reward" in r.get("metrics", {})]
@@ -77,17 +75,6 @@ def arguments(ctx: StageContext) -> GRPOConfig:
             **knobs, **config.generation.model_dump(), **hf.stage_arguments(ctx), max_steps=config.steps, reward_weights=[source.weight for source in config.rewards],
             model_init_kwargs=model_kwargs(config.policy), num_generations_eval=samples,
             per_device_eval_batch_size=samples * 8)  # eight held-out prompts per evaluation batch
-
-
-def held_out_rewards(trainer: GRPOTrainer, ctx: StageContext) -> dict[str, float]:
-    """The held-out rewards before training: measured once, kept in the stage's directory for a resumed run."""
-    path = ctx.dir.root / HELD_OUT_BEFORE
-    if path.is_file():
-        return json.loads(path.read_text())
-    before = trainer.evaluate()
-    if trainer.accelerator.is_main_process:
-        write_json_atomic(path, before)
-    return before
 
 
 def before_after(names: list[str], before: dict, after: dict) -> dict[str, float]:

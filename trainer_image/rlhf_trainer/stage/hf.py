@@ -4,6 +4,7 @@ reward, grpo): arguments, the callback that reports and stops, training with res
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from contextlib import contextmanager
 
@@ -12,9 +13,11 @@ from transformers import TrainerCallback, TrainingArguments
 
 from rlhf_contract.assignment import StageAssignment
 from rlhf_contract.settings import LoRA
-from rlhf_contract.workspace import mark_complete, unmark_complete
-from rlhf_trainer.stage.runner import StageContext, StageStopped
+from rlhf_contract.workspace import mark_complete, unmark_complete, write_json_atomic
+from rlhf_trainer.stage.runner import StageContext, StageStopped, processes
 from rlhf_trainer.stage.sources import StageInputError, revision
+
+HELD_OUT_BEFORE = "held_out_before.json"
 
 
 def report_to(config: StageAssignment) -> list[str]:
@@ -147,6 +150,18 @@ def train(trainer, ctx: StageContext, dataset, evaluate: bool) -> dict:
     model = trainer.accelerator.unwrap_model(trainer.model)
     return {"steps": state.global_step, "totalSteps": state.max_steps, "metrics": metrics,
             "revisions": {"model": revision(model), "dataset": revision(dataset)}}
+
+
+def measured_before(ctx: StageContext, measure) -> dict:
+    """``measure()`` of the model before training: taken once, kept in ``<stage>/held_out_before.json`` for a run
+    that resumes (its model has trained since)."""
+    path = ctx.dir.root / HELD_OUT_BEFORE
+    if path.is_file():
+        return json.loads(path.read_text())
+    before = measure()
+    if processes().is_main_process:
+        write_json_atomic(path, before)
+    return before
 
 
 def save_model(trainer, ctx: StageContext, lora: LoRA | None) -> None:
