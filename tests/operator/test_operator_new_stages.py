@@ -76,3 +76,37 @@ def test_sft_then_grpo_runs_in_order_and_grpos_progress_fills_its_status_and_col
     assert status["stages"]["grpo"]["results"] == {"rewardBefore": 0.69, "rewardAfter": 1.70,
                                                    "rewardFirstSteps": 0.72, "rewardLastSteps": 1.70}
     assert columns(api.rlhfjob(NS, "digits"))["STEP"] == 600
+
+
+DPO_DEMO = yaml.safe_load((ROOT / "manifests" / "examples" / "sentiment-dpo-tiny.yaml").read_text())
+
+
+def test_sft_then_dpo_runs_in_order_and_dpos_progress_fills_its_status_and_columns(cluster, api, operator, tmp_path):
+    api.create_rlhfjob(NS, job_from(DPO_DEMO, "prefs"))
+    api.wait_job(NS, "prefs-sft")
+    run_stage(api, "prefs-sft")
+    api.wait_job(NS, "prefs-dpo")
+    config = yaml.safe_load(api.core.read_namespaced_config_map("prefs-dpo", NS).data["stage.json"])
+    assert (config["kind"], config["policy"]["path"]) == ("dpo", "/workspace/sft/model")
+    assert (config["config"]["beta"], config["config"]["lossType"]) == (0.1, ["sigmoid", "sft"])
+    api.start_job(NS, "prefs-dpo")
+
+    metrics = {"loss": 0.52, "rewards/accuracies": 0.9, "rewards/margins": 0.8, "rewards/chosen": 0.3,
+               "logps/chosen": -40.0, "logps/rejected": -48.0}
+    push(operator, cluster, api, tmp_path, "prefs", "dpo", [(300, 600, metrics, None)])
+    status = api.status(NS, "prefs")
+    assert {k: v for k, v in status["dpo"].items() if k != "updatedAt"} == {
+        "step": 300, "totalSteps": 600, "loss": 0.52, "rewardAccuracy": 0.9, "rewardMargin": 0.8,
+        "chosenLogps": -40.0, "rejectedLogps": -48.0}
+    shown = columns(api.rlhfjob(NS, "prefs"), wide=True)
+    assert {k: shown[k] for k in ("STAGE", "PHASE", "STEP", "PROGRESS")} == {
+        "STAGE": "dpo", "PHASE": "Running", "STEP": 300, "PROGRESS": 50}
+
+    result = {"reason": "Completed", "steps": 600, "totalSteps": 600, "durationSeconds": 21.0,
+              "metrics": {"vaderBefore": 0.5, "vaderAfter": 0.85, "eval_rewards/accuracies": 1.0,
+                          "eval_rewards/margins": 9.1, "train_loss": 0.4, "eval_logps/chosen": -39.0}}
+    push(operator, cluster, api, tmp_path, "prefs", "dpo", [(600, 600, {"loss": 0.3}, result)])
+    api.complete_job(NS, "prefs-dpo")
+    status = api.wait_phase(NS, "prefs", "Succeeded")
+    assert status["stages"]["dpo"]["results"] == {"vaderBefore": 0.5, "vaderAfter": 0.85, "evalAccuracy": 1.0,
+                                                  "evalMargin": 9.1, "trainLoss": 0.4}

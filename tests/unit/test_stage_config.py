@@ -135,6 +135,21 @@ def test_grpo_settings_are_grpoconfig_knobs_with_trls_defaults():
             assert value == expected, (knob, value, expected)
 
 
+def test_dpo_settings_are_dpoconfig_knobs_with_trls_defaults():
+    from rlhf_contract.stages.dpo import DPOSettings
+    from rlhf_trainer.trainer.dpo_config import DPOConfig
+
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(DPOConfig)}
+    # where the library spells a default differently: a warm-up fraction is transformers 5's warmup_steps below 1,
+    # "no step limit" is -1 there, and its gradient_checkpointing=None means on
+    assert (defaults["max_steps"], defaults["gradient_checkpointing"]) == (-1, None)
+    defaults.update(max_steps=None, gradient_checkpointing=True)
+    for knob, value in DPOSettings().model_dump().items():
+        expected = defaults["warmup_steps" if knob == "warmup_ratio" else knob]
+        assert value == expected, (knob, value, expected)
+
+
 def test_every_builtin_verifier_and_dataset_has_its_program():
     from rlhf_contract.builtins import BUILTIN_DATASETS, BUILTIN_VERIFIERS
     from rlhf_trainer.data import load_builtin

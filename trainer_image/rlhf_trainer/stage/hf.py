@@ -153,8 +153,8 @@ def train(trainer, ctx: StageContext, dataset, evaluate: bool) -> dict:
 
 
 def measured_before(ctx: StageContext, measure) -> dict:
-    """``measure()`` of the model before training: taken once, kept in ``<stage>/held_out_before.json`` for a run
-    that resumes (its model has trained since)."""
+    """``measure()`` of the model before training: taken once and kept in ``<stage>/held_out_before.json``, so a
+    run that resumes reports the same "before" without measuring again."""
     path = ctx.dir.root / HELD_OUT_BEFORE
     if path.is_file():
         return json.loads(path.read_text())
