@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint crd venv tools clean
+.PHONY: demo demo-grpo demo-dpo test lint crd venv tools clean
 
 # Every version from constraints.txt, the same set the images install. torch first, on its own: pinned, it is the
 # CPU build here; an unpinned torch would pull a multi-GB CUDA build.
@@ -22,6 +22,12 @@ tools:
 
 demo: venv
 	$(BIN)/rlhf run manifests/examples/sentiment-tiny.yaml
+
+demo-grpo: venv
+	$(BIN)/rlhf run manifests/examples/digit-reversal-tiny.yaml
+
+demo-dpo: venv
+	$(BIN)/rlhf run manifests/examples/sentiment-dpo-tiny.yaml
 
 test: venv tools
 	$(BIN)/python -m pytest

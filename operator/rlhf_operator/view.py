@@ -223,11 +223,16 @@ class LiveView:
         if self.running != stage:
             self.running = stage
             self._plain(f"{stage}: running" + (f" (log: {self.stages[stage].log})" if self.stages[stage].log else ""))
+        kind = self.stages[stage].kind
         for record in new:
+            shown_step = last_step(known)
             known.append(record)
             if "result" not in record:
                 self.latest[stage].update(record.get("metrics", {}))
-                self._plain("  " + progress_line(stage, self.stages[stage].kind, known, self.width))
+                # an evaluation's record at a step already shown adds nothing to the line
+                metrics = record.get("metrics", {})
+                if key_metrics(kind, metrics) or record.get("step") != (shown_step or {}).get("step"):
+                    self._plain("  " + progress_line(stage, kind, known, self.width))
         self._refresh()
 
     def stage_done(self, stage: str, outcome: str, detail: str = "") -> None:

@@ -77,6 +77,15 @@ def test_off_a_terminal_each_new_record_is_one_plain_line():
     assert ESCAPE not in out.getvalue() and "\r" not in out.getvalue()
 
 
+def test_an_evaluation_at_a_step_already_shown_adds_no_line():
+    out = io.StringIO()
+    view = LiveView(out, [Stage("grpo", "grpo", "")])
+    view.update("grpo", [record("grpo", 600, 600, {"reward": 1.6}, 10),
+                         record("grpo", 600, 600, {"eval_reward": 1.7}, 11),
+                         record("grpo", 600, 600, {"train_loss": 0.1}, 11)])
+    assert out.getvalue().splitlines() == ["grpo: running", "  grpo  600/600  reward 1.60"]
+
+
 def test_a_line_shows_the_kinds_key_metrics():
     grpo = {"reward": 1.5, "kl": 0.02, "completions/mean_length": 31.0, "loss": 0.0}
     dpo = {"loss": 0.61, "rewards/accuracies": 0.75, "rewards/margins": 0.4, "rewards/chosen": 0.1}
