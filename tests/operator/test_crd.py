@@ -33,8 +33,12 @@ def operator_error(document):
     return None
 
 
-def demo(**changes):
-    document = copy.deepcopy(DEMO)
+GRPO_DEMO = yaml.safe_load((ROOT / "manifests" / "examples" / "digit-reversal-tiny.yaml").read_text())
+DPO_DEMO = yaml.safe_load((ROOT / "manifests" / "examples" / "sentiment-dpo-tiny.yaml").read_text())
+
+
+def demo(example=DEMO, **changes):
+    document = copy.deepcopy(example)
     for dotted, value in changes.items():
         *parents, last = dotted.split("__")
         target = document
@@ -235,6 +239,24 @@ BAD = [
     (demo(spec__stages__ppo__guardrails={"window": 5}), "window needs minRewardImprovement"),
     (demo(spec__stages__ppo__peft={"r": 4}, spec__stages__ppo__numSharedLayers=2), "numSharedLayers: not with peft"),
     (demo(spec__storage={"existingClaim": "data", "size": "1Gi"}), "not with existingClaim"),
+    # grpo
+    (demo(GRPO_DEMO, spec__stages__grpo__rewards=[{"verifier": "math-answer", "callable": "m:f"}]),
+     ".spec.stages.grpo.rewards[0]: set exactly one of verifier, callable"),
+    (demo(GRPO_DEMO, spec__stages__grpo__rewards=[{"callable": "m:f", "label": "P"}]), "label needs one of name"),
+    (demo(GRPO_DEMO, spec__stages__grpo__config={"generationBatchSize": 12, "numGenerations": 8}),
+     "generationBatchSize must be a multiple of numGenerations"),
+    (demo(GRPO_DEMO, spec__stages__grpo__config={"generationBatchSize": 16, "stepsPerGeneration": 2}),
+     "set generationBatchSize or stepsPerGeneration, not both"),
+    (demo(GRPO_DEMO, spec__stages__grpo__guardrails={"maxKl": 1.0}), "guardrails.maxKl: with config.beta 0"),
+    (demo(GRPO_DEMO, spec__stages__grpo__distributed={"strategy": "fsdp"}), "this stage supports ddp"),
+    (demo(GRPO_DEMO, spec__stages__sft=None, spec__stages__grpo__policy={"fromStage": "sft"}),
+     "grpo.policy.fromStage must name a stage that runs before grpo"),
+    # dpo
+    (demo(DPO_DEMO, spec__stages__dpo__config={"lossType": ["sigmoid", "sft"], "lossWeights": [1.0]}),
+     "lossWeights needs one weight per lossType"),
+    (demo(DPO_DEMO, spec__stages__dpo__dataset={"path": "pairs.jsonl"}),
+     "evaluation.heldOut.split: a dataset file has no other split"),
+    (demo(DPO_DEMO, spec__stages__dpo__evaluation={"judge": "vader"}), "judge needs heldOutPrompts"),
 ]
 
 
