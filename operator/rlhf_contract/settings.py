@@ -34,6 +34,20 @@ class PreferenceColumns(PairColumns):
 
 # --- how a stage trains ----------------------------------------------------------------------------------------
 
+class TRLTrainingSettings(Checked):
+    """The transformers TrainingArguments knobs that TRL 1.x's configs (GRPOConfig, DPOConfig) share, with their
+    defaults there."""
+
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+    ] = Field("linear", description="Learning rate schedule after warm-up.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of the steps spent warming up the rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Clip gradients to this norm.")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass.")
+    logging_steps: int = Field(10, ge=1, description="Record metrics every this many steps.")
+
+
 class Training(Schema):
     """Optimisation settings of a supervised stage (mapped onto transformers' TrainingArguments)."""
 

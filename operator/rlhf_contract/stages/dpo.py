@@ -10,14 +10,14 @@ from pydantic import Field, model_validator
 from rlhf_contract.assignment import StageAssignment
 from rlhf_contract.kinds import Kind, Number
 from rlhf_contract.schema import Checked, Rule
-from rlhf_contract.settings import HeldOut, LoRA, PairColumns, StageSettings
+from rlhf_contract.settings import HeldOut, LoRA, PairColumns, StageSettings, TRLTrainingSettings
 from rlhf_contract.sources import DatasetSource, ModelSource
 
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
 
 
-class DPOSettings(Checked):
+class DPOSettings(TRLTrainingSettings):
     """DPO's knobs, with TRL 1.16's DPOConfig names and defaults (the stage sets the seed, output, trackers and
     precision itself)."""
 
@@ -53,14 +53,6 @@ class DPOSettings(Checked):
     per_device_train_batch_size: int = Field(8, ge=1, description="Pairs per process per step.")
     per_device_eval_batch_size: int = Field(8, ge=1, description="Pairs per process per evaluation step.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Batches accumulated per optimizer step.")
-    lr_scheduler_type: Literal[
-        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
-    ] = Field("linear", description="Learning rate schedule after warm-up.")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of the steps spent warming up the rate.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Clip gradients to this norm.")
-    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass.")
-    logging_steps: int = Field(10, ge=1, description="Record metrics every this many steps.")
 
     @model_validator(mode="after")
     def _check_weights(self) -> DPOSettings:

@@ -10,8 +10,8 @@ from pydantic import Field, model_validator
 from rlhf_contract.assignment import StageAssignment
 from rlhf_contract.builtins import BUILTIN_VERIFIERS
 from rlhf_contract.kinds import Kind, Number
-from rlhf_contract.schema import Checked, Rule, Schema
-from rlhf_contract.settings import Guardrails, LoRA, StageSettings
+from rlhf_contract.schema import Rule, Schema
+from rlhf_contract.settings import Guardrails, LoRA, StageSettings, TRLTrainingSettings
 from rlhf_contract.sources import DatasetSource, ModelSource
 
 MAX_REWARDS = 16
@@ -56,7 +56,7 @@ class GRPOGeneration(Schema):
     repetition_penalty: float = Field(1.0, gt=0, description="Penalise tokens already in the sequence (> 1).")
 
 
-class GRPOSettings(Checked):
+class GRPOSettings(TRLTrainingSettings):
     """GRPO's knobs, with TRL 1.16's GRPOConfig names and defaults (the stage sets max_steps, seed, output, trackers,
     precision and reward_weights itself; sampling knobs are in generation)."""
 
@@ -97,14 +97,6 @@ class GRPOSettings(Checked):
     ref_model_sync_steps: int = Field(512, ge=1, description="Optimizer steps between those moves.")
     disable_dropout: bool = Field(False, description="Switch the policy's dropout off.")
     shuffle_dataset: bool = Field(True, description="Shuffle the prompts.")
-    lr_scheduler_type: Literal[
-        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
-    ] = Field("linear", description="Learning rate schedule after warm-up.")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of the steps spent warming up the rate.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Clip gradients to this norm.")
-    gradient_checkpointing: bool = Field(True, description="Recompute activations in the backward pass.")
-    logging_steps: int = Field(10, ge=1, description="Record metrics every this many steps.")
 
     @model_validator(mode="after")
     def _check_generation_batch(self) -> GRPOSettings:
