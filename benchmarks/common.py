@@ -171,6 +171,15 @@ def median_rounds(runs: list[tuple[str, str, list[str]]], script: str, threads: 
             for i, (name, _, _) in enumerate(runs)]
 
 
+def add_ratios(results: list[tuple[str, dict]], baseline_name: str, key: str) -> None:
+    """Each result's ``ratio`` (speed by ``key``) and ``memory_ratio`` (peak) to the run named ``baseline_name``;
+    None when that run is missing."""
+    baseline = dict(results).get(baseline_name)
+    for _, result in results:
+        result["ratio"] = result[key] / baseline[key] if baseline else None
+        result["memory_ratio"] = result["peak_mib"] / baseline["peak_mib"] if baseline else None
+
+
 def print_table(title: str, columns: list[tuple[str, str, str]], rows: list[tuple[str, dict]]) -> None:
     """``columns``: (header, result key, format). Rows are (run name, result)."""
     print(f"\n{title}\n")

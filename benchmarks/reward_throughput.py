@@ -23,6 +23,7 @@ sys.path.append(str(Path(__file__).resolve().parent))  # after the stdlib (see c
 from common import (  # noqa: E402
     SHAPES,
     StepClock,
+    add_ratios,
     build_model,
     build_tokenizer,
     document_lengths,
@@ -128,10 +129,7 @@ def main() -> None:
         results = median_rounds(runs, __file__, args.threads, args.repeats, "pairs_per_s")
     if not trl and not args.no_trl:
         print(f"(no benchmarks/{TRL_VENV}: TRL runs skipped; see sft_throughput.py's docstring)")
-    baseline = dict(results).get("TRL 1.16")
-    for _, result in results:
-        result["ratio"] = result["pairs_per_s"] / baseline["pairs_per_s"] if baseline else None
-        result["memory_ratio"] = result["peak_mib"] / baseline["peak_mib"] if baseline else None
+    add_ratios(results, "TRL 1.16", "pairs_per_s")
     memory = "peak GPU MiB (allocated)" if gpu else "peak RSS MiB"
     print_table(
         f"Reward modelling, {args.device}, shape {args.shape}, {args.batch} pairs a step, max length "
