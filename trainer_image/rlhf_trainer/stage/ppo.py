@@ -17,9 +17,9 @@ from rlhf_contract.stages.ppo import PPOStageConfig
 from rlhf_contract.workspace import mark_complete, unmark_complete
 from rlhf_trainer.core import LengthSampler, set_seed
 from rlhf_trainer.models import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
-from rlhf_trainer.rewards import vader_compound
 from rlhf_trainer.stage.guardrails import ended_by, guardrail
 from rlhf_trainer.stage.hf import lora_config, report_to
+from rlhf_trainer.stage.judging import EVALUATION_SEED, JUDGES
 from rlhf_trainer.stage.runner import StageContext, StageStopped
 from rlhf_trainer.stage.scoring import make_scorer
 from rlhf_trainer.stage.sources import (
@@ -35,7 +35,6 @@ from rlhf_trainer.trainer.ppo_config import PPOConfig
 
 RUNNER_STATE = "runner_state.json"
 SUMMARY_STEPS = 5  # the result compares the mean score of the first and the last this many steps
-EVALUATION_SEED = 1234
 EVALUATION_SAMPLES = 8  # responses per held-out prompt: enough for a stable mean
 
 
@@ -194,9 +193,9 @@ def evaluate(trainer: PPOTrainer, queries: list[torch.Tensor], scorer, config: P
     response_text = tokenizer.batch_decode(responses, skip_special_tokens=True)
     result = {"reward": statistics.fmean(scorer(query_text, response_text)),
               "samples": [q + r for q, r in zip(query_text, response_text, strict=True)][::EVALUATION_SAMPLES]}
-    if config.evaluation.judge == "vader":
-        result["vader"] = statistics.fmean(vader_compound([q + r for q, r in zip(query_text, response_text,
-                                                                                 strict=True)]))
+    if config.evaluation.judge != "none":
+        judged = JUDGES[config.evaluation.judge]([q + r for q, r in zip(query_text, response_text, strict=True)])
+        result[config.evaluation.judge] = statistics.fmean(judged)
     return result
 
 
