@@ -73,8 +73,7 @@ def run(ctx: StageContext) -> dict:
 def arguments(ctx: StageContext) -> DPOConfig:
     """DPOConfig from the stage config: its knobs and the stage's own settings."""
     config: DPOStageConfig = ctx.config
-    knobs = config.config.model_dump()
-    knobs["warmup_steps"] = knobs.pop("warmup_ratio")  # transformers 5: a float below 1 is a ratio of the steps
-    knobs["max_steps"] = knobs["max_steps"] or -1
+    knobs = hf.trl_knobs(config.config)
+    knobs["max_steps"] = knobs["max_steps"] or -1  # unset: numTrainEpochs decides
     with hf.config_errors("config"):
         return DPOConfig(**knobs, **hf.stage_arguments(ctx), model_init_kwargs=model_kwargs(config.policy))

@@ -68,11 +68,10 @@ def arguments(ctx: StageContext) -> GRPOConfig:
     config: GRPOStageConfig = ctx.config
     evaluation = config.evaluation
     samples = evaluation.samples if evaluation is not None else config.config.num_generations
-    knobs = config.config.model_dump()
-    knobs["warmup_steps"] = knobs.pop("warmup_ratio")  # transformers 5: a float below 1 is a ratio of the steps
     with hf.config_errors("config"):
         return GRPOConfig(
-            **knobs, **config.generation.model_dump(), **hf.stage_arguments(ctx), max_steps=config.steps, reward_weights=[source.weight for source in config.rewards],
+            **hf.trl_knobs(config.config), **config.generation.model_dump(), **hf.stage_arguments(ctx),
+            max_steps=config.steps, reward_weights=[source.weight for source in config.rewards],
             model_init_kwargs=model_kwargs(config.policy), num_generations_eval=samples,
             per_device_eval_batch_size=samples * 8)  # eight held-out prompts per evaluation batch
 

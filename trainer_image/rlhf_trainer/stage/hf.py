@@ -152,6 +152,14 @@ def train(trainer, ctx: StageContext, dataset, evaluate: bool) -> dict:
             "revisions": {"model": revision(model), "dataset": revision(dataset)}}
 
 
+def trl_knobs(settings) -> dict:
+    """A TRL 1.x config's keywords from the stage's settings (``TRLTrainingSettings``): transformers 5 takes a
+    warm-up fraction as a float ``warmup_steps`` below 1."""
+    knobs = settings.model_dump()
+    knobs["warmup_steps"] = knobs.pop("warmup_ratio")
+    return knobs
+
+
 def measured_before(ctx: StageContext, measure) -> dict:
     """``measure()`` of the model before training: taken once and kept in ``<stage>/held_out_before.json``, so a
     run that resumes reports the same "before" without measuring again."""
