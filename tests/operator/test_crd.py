@@ -257,6 +257,8 @@ BAD = [
     (demo(DPO_DEMO, spec__stages__dpo__dataset={"path": "pairs.jsonl"}),
      "evaluation.heldOut.split: a dataset file has no other split"),
     (demo(DPO_DEMO, spec__stages__dpo__evaluation={"judge": "vader"}), "judge needs heldOutPrompts"),
+    (demo(DPO_DEMO, spec__stages__dpo__distributed={"strategy": "fsdp"}),
+     "evaluation.judge: the judge samples from the policy, which fsdp and deepspeed-zero3 shard"),
 ]
 
 

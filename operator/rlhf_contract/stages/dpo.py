@@ -102,20 +102,31 @@ class DPOStage(StageSettings):
     evaluation: DPOEvaluation | None = Field(None, description="What to measure before and after DPO.")
 
     @model_validator(mode="after")
-    def _check_held_out_split(self) -> DPOStage:
+    def _check_evaluation(self) -> DPOStage:
         held_out = self.evaluation.held_out if self.evaluation is not None else None
         if held_out is not None and held_out.split is not None and self.dataset.path is not None:
             raise ValueError(_HELD_OUT_SPLIT.message)
+        judged = self.evaluation is not None and self.evaluation.judge is not None
+        if judged and self.distributed.strategy in SHARDED:
+            raise ValueError(_JUDGE_UNSHARDED.message)
         return self
 
     @classmethod
     def cel_rules(cls) -> list[Rule]:
-        return [*super().cel_rules(), _HELD_OUT_SPLIT]
+        return [*super().cel_rules(), _HELD_OUT_SPLIT, _JUDGE_UNSHARDED]
 
 
 _HELD_OUT_SPLIT = Rule(
     "!has(self.evaluation) || !has(self.evaluation.heldOut) || !has(self.evaluation.heldOut.split) || "
     "!has(self.dataset.path)", "evaluation.heldOut.split: a dataset file has no other split; use its fraction")
+
+
+SHARDED = ("fsdp", "deepspeed-zero3")  # each process holds a part of the weights: it cannot sample on its own
+_JUDGE_UNSHARDED = Rule(
+    "!has(self.evaluation) || !has(self.evaluation.judge) || !has(self.distributed) || "
+    "!has(self.distributed.strategy) || !(self.distributed.strategy in ['fsdp', 'deepspeed-zero3'])",
+    "evaluation.judge: the judge samples from the policy, which fsdp and deepspeed-zero3 shard; use ddp or "
+    "deepspeed-zero2, or drop the judge")
 
 
 class DPOStageConfig(DPOStage, StageAssignment):
