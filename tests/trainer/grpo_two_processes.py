@@ -47,3 +47,4 @@ records = [{k: v for k, v in r.items() if k not in ("step_time", "train_runtime"
 Path(f"rank-{RANK}.json").write_text(json.dumps({"rank": RANK, "world": trainer.accelerator.num_processes,
                                                  "advantages": advantages, "records": records,
                                                  "checksum": checksum}))
+trainer.accelerator.end_training()  # destroys the process group: left to exit, gloo can abort

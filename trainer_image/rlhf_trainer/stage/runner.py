@@ -93,6 +93,7 @@ def run_stage(config: StageAssignment, stop: StopSignal | None = None) -> int:
     finally:
         if reporter is not None:
             reporter.close()  # the last progress record goes out whatever happened
+        processes().destroy_process_group()  # left to interpreter exit, its threads can abort the process (exit -6)
     return EXIT_OK if result["phase"] == "Succeeded" else EXIT_GUARDRAIL_FAILED
 
 
