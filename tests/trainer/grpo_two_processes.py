@@ -5,6 +5,7 @@ so only advantages computed over the whole group are non-zero. Each process writ
 advantages, its logged records and a checksum of the policy's parameters.
 """
 
+import gc
 import json
 import sys
 import warnings
@@ -47,4 +48,7 @@ records = [{k: v for k, v in r.items() if k not in ("step_time", "train_runtime"
 Path(f"rank-{RANK}.json").write_text(json.dumps({"rank": RANK, "world": trainer.accelerator.num_processes,
                                                  "advantages": advantages, "records": records,
                                                  "checksum": checksum}))
-trainer.accelerator.end_training()  # destroys the process group: left to exit, gloo can abort
+accelerator = trainer.accelerator
+del trainer  # the DDP model (and its gloo work) goes first, while its process group is alive: freed at
+gc.collect()  # interpreter exit after it, gloo aborts the process now and then (exit -6)
+accelerator.end_training()  # destroys the process group

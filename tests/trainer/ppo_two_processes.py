@@ -5,6 +5,7 @@ interleave their lines): its rank, its own sampled responses, the stats of each 
 policy's parameters.
 """
 
+import gc
 import json
 import sys
 import warnings
@@ -35,4 +36,7 @@ for _ in range(2):
 checksum = sum(p.double().sum().item() for p in trainer.model.parameters())
 Path(f"rank-{rank}.json").write_text(json.dumps({"rank": rank, "world": trainer.accelerator.num_processes,
                                                  "sampled": sampled, "steps": steps, "checksum": checksum}))
-trainer.accelerator.end_training()  # destroys the process group: left to exit, gloo can abort
+accelerator = trainer.accelerator
+del trainer, model  # the DDP model (and its gloo work) goes first, while its process group is alive: freed at
+gc.collect()  # interpreter exit after it, gloo aborts the process now and then (exit -6)
+accelerator.end_training()  # destroys the process group

@@ -7,6 +7,7 @@ saves ``<stage>/model`` and returns the kind's part of the result, and ``dataset
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib
 import logging
@@ -93,7 +94,10 @@ def run_stage(config: StageAssignment, stop: StopSignal | None = None) -> int:
     finally:
         if reporter is not None:
             reporter.close()  # the last progress record goes out whatever happened
-        processes().destroy_process_group()  # left to interpreter exit, its threads can abort the process (exit -6)
+        # the trainer's DDP model (and its gloo work) first, then the process group: left to interpreter exit in
+        # the other order, gloo aborts the process now and then (exit -6)
+        gc.collect()
+        processes().destroy_process_group()
     return EXIT_OK if result["phase"] == "Succeeded" else EXIT_GUARDRAIL_FAILED
 
 
