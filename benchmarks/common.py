@@ -171,13 +171,19 @@ def median_rounds(runs: list[tuple[str, str, list[str]]], script: str, threads: 
             for i, (name, _, _) in enumerate(runs)]
 
 
-def add_ratios(results: list[tuple[str, dict]], baseline_name: str, key: str) -> None:
-    """Each result's ``ratio`` (speed by ``key``) and ``memory_ratio`` (peak) to the run named ``baseline_name``;
-    None when that run is missing."""
-    baseline = dict(results).get(baseline_name)
-    for _, result in results:
+def add_ratios(results: list[tuple[str, dict]], key: str, baseline_of) -> None:
+    """Each result's ``ratio`` (speed by ``key``) and ``memory_ratio`` (peak) to the run named
+    ``baseline_of(name)``; None where that run is missing."""
+    by_name = dict(results)
+    for name, result in results:
+        baseline = by_name.get(baseline_of(name))
         result["ratio"] = result[key] / baseline[key] if baseline else None
         result["memory_ratio"] = result["peak_mib"] / baseline["peak_mib"] if baseline else None
+
+
+def same_setting_in_trl(name: str) -> str | None:
+    """The TRL run of the same setting as our run ``name`` ("ours, packed" -> "TRL 1.16, packed")."""
+    return name.replace("ours", "TRL 1.16") if name.startswith("ours") else None
 
 
 def print_table(title: str, columns: list[tuple[str, str, str]], rows: list[tuple[str, dict]]) -> None:

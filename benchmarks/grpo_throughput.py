@@ -30,10 +30,12 @@ sys.path.append(str(Path(__file__).resolve().parent))  # after the stdlib (see c
 from common import (  # noqa: E402
     ROOT,
     SHAPES,
+    add_ratios,
     build_model,
     median_rounds,
     peak_memory_mib,
     print_table,
+    same_setting_in_trl,
     synchronize,
     trl_python,
     versions,
@@ -146,11 +148,7 @@ def main() -> None:
         results = median_rounds(runs, __file__, args.threads, args.repeats, "episodes_per_s")
     if not trl and not args.no_trl:
         print(f"(no benchmarks/{TRL_VENV}: TRL runs skipped; see this file's docstring)")
-    by_name = dict(results)
-    for name, result in results:
-        other = by_name.get(name.replace("ours", "TRL 1.16")) if name.startswith("ours") else None
-        result["ratio"] = result["episodes_per_s"] / other["episodes_per_s"] if other else None
-        result["memory_ratio"] = result["peak_mib"] / other["peak_mib"] if other else None
+    add_ratios(results, "episodes_per_s", same_setting_in_trl)
     memory = "peak GPU MiB (allocated)" if gpu else "peak RSS MiB"
     print_table(
         f"GRPO throughput, {args.device}, 8 prompts x 4 generations x {args.new_tokens} new tokens per step, "

@@ -129,7 +129,7 @@ def main() -> None:
         results = median_rounds(runs, __file__, args.threads, args.repeats, "pairs_per_s")
     if not trl and not args.no_trl:
         print(f"(no benchmarks/{TRL_VENV}: TRL runs skipped; see sft_throughput.py's docstring)")
-    add_ratios(results, "TRL 1.16", "pairs_per_s")
+    add_ratios(results, "pairs_per_s", lambda _: "TRL 1.16")
     memory = "peak GPU MiB (allocated)" if gpu else "peak RSS MiB"
     print_table(
         f"Reward modelling, {args.device}, shape {args.shape}, {args.batch} pairs a step, max length "

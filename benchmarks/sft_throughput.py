@@ -24,6 +24,7 @@ sys.path.append(str(Path(__file__).resolve().parent))  # after the stdlib (see c
 from common import (  # noqa: E402
     SHAPES,
     StepClock,
+    add_ratios,
     build_model,
     build_tokenizer,
     document_lengths,
@@ -31,6 +32,7 @@ from common import (  # noqa: E402
     median_rounds,
     peak_memory_mib,
     print_table,
+    same_setting_in_trl,
     set_threads,
     trl_python,
     versions,
@@ -142,11 +144,7 @@ def main() -> None:
         results = median_rounds(runs, __file__, args.threads, args.repeats, "tokens_per_s")
     if not trl and not args.no_trl:
         print(f"(no benchmarks/{TRL_VENV}: TRL runs skipped; see this file's docstring)")
-    by_name = dict(results)
-    for name, result in results:
-        other = by_name.get(name.replace("ours", "TRL 1.16")) if name.startswith("ours") else None
-        result["ratio"] = result["tokens_per_s"] / other["tokens_per_s"] if other else None
-        result["memory_ratio"] = result["peak_mib"] / other["peak_mib"] if other else None
+    add_ratios(results, "tokens_per_s", same_setting_in_trl)
     memory = "peak GPU MiB (allocated)" if gpu else "peak RSS MiB"
     print_table(
         f"SFT throughput, {args.device}, shape {args.shape}, batch {args.batch}, max length {args.max_length}, "
