@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic.alias_generators import to_camel
 
 INT32_MAX = 2**31 - 1
-"""Kubernetes' int32 fields (a Job's backoffLimit, ...) refuse anything larger."""
-INT64_MAX = 2**63 - 1
+"""Kubernetes' int32 fields (a Job's backoffLimit, ...) refuse anything larger. It bounds the int64 fields (seconds)
+too: the API server keeps a CRD's bounds as floats, and 2**63 - 1 comes back as -2**63, refusing every value."""
 
 
 class Schema(BaseModel):

@@ -20,7 +20,7 @@ from pydantic.alias_generators import to_snake
 
 from rlhf_contract.kinds import STAGE_ORDER, Kind, StageKind
 from rlhf_contract.progress import Phase
-from rlhf_contract.schema import INT32_MAX, INT64_MAX, Checked, Rule, Schema
+from rlhf_contract.schema import INT32_MAX, Checked, Rule, Schema
 from rlhf_contract.settings import StageSettings
 from rlhf_contract.sources import ModelSource
 from rlhf_contract.stages import KINDS
@@ -96,9 +96,6 @@ def is_extended_resource(name: str) -> bool:
     return name not in NATIVE_RESOURCES and not name.startswith("hugepages-")
 
 
-# No string function scans the key: the API server bounds a rule's estimated cost, and keys have no length bound.
-_CEL_EXTENDED = f"!(k in {list(NATIVE_RESOURCES)} || k.startsWith('hugepages-'))"
-
 # --- names and labels -------------------------------------------------------------------------------------------
 
 _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -138,7 +135,10 @@ FreeForm = dict[str, Any]
 # --- Kubernetes-only settings ---------------------------------------------------------------------------------
 
 class Resources(Checked):
-    """Compute resources of a stage's trainer container, per worker pod."""
+    """Compute resources of a stage's trainer container, per worker pod. The operator checks them (extended
+    resources whole, requests within limits) and fails the job naming the field."""
+
+    # Not CEL rules: over maps whose keys have no length bound, they exceed the API server's cost budget.
 
     requests: dict[str, Quantity] | None = Field(
         None, max_length=MAX_MAP_ENTRIES, description="Minimum resources, e.g. {cpu: 4, memory: 32Gi}.")
@@ -161,23 +161,6 @@ class Resources(Checked):
                                  "equal to limits (or only limits)")
         return self
 
-    @classmethod
-    def cel_rules(cls) -> list[Rule]:
-        whole = "self.{0}.all(k, !({1}) || {2}.isInteger())"
-        req, lim = "self.requests[k]", "self.limits[k]"
-        return [
-            Rule(f"!has(self.requests) || {whole.format('requests', _CEL_EXTENDED, _cel_quantity(req))}",
-                 "an extended resource (e.g. nvidia.com/gpu) must be a whole number"),
-            Rule(f"!has(self.limits) || {whole.format('limits', _CEL_EXTENDED, _cel_quantity(lim))}",
-                 "an extended resource (e.g. nvidia.com/gpu) must be a whole number"),
-            Rule(f"!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) || "
-                 f"{_cel_quantity(req)}.compareTo({_cel_quantity(lim)}) <= 0)",
-                 "each request must be less than or equal to its limit"),
-            Rule(f"!has(self.requests) || self.requests.all(k, !({_CEL_EXTENDED}) || (has(self.limits) && "
-                 f"k in self.limits && {_cel_quantity(req)}.compareTo({_cel_quantity(lim)}) == 0))",
-                 "an extended resource (e.g. nvidia.com/gpu) needs a limit, and its request equal to it"),
-        ]
-
 
 class Toleration(Checked):
     """A taint the pods tolerate (e.g. GPU nodes'), as a pod's tolerations entry."""
@@ -189,7 +172,7 @@ class Toleration(Checked):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         None, description="The taint effect to tolerate; unset: every effect.")
     toleration_seconds: int | None = Field(
-        None, ge=0, le=INT64_MAX, description="With effect NoExecute: how long the pod stays after the taint.")
+        None, ge=0, le=INT32_MAX, description="With effect NoExecute: how long the pod stays after the taint.")
 
     @model_validator(mode="after")
     def _check_toleration(self) -> Toleration:
@@ -249,7 +232,7 @@ class PodTemplate(Schema):
     pod_security_context: FreeForm | None = Field(
         None, description="Security context of the pods; replaces the restricted default.")
     termination_grace_period_seconds: int | None = Field(
-        None, ge=0, le=INT64_MAX,
+        None, ge=0, le=INT32_MAX,
         description=f"Seconds a stopping trainer pod gets to save a checkpoint before it is killed (preemption, "
                     f"eviction, spec.suspend); unset: {DEFAULT_TERMINATION_GRACE_SECONDS}.")
 
@@ -265,7 +248,7 @@ class KubernetesStage(Schema):
     backoff_limit: int = Field(
         3, ge=0, le=INT32_MAX, description="Retries of the stage's Job; each resumes from the last complete checkpoint.")
     active_deadline_seconds: int | None = Field(
-        None, ge=1, le=INT64_MAX, description="Time limit of the stage's Job, retries included.")
+        None, ge=1, le=INT32_MAX, description="Time limit of the stage's Job, retries included.")
     template: PodTemplate | None = Field(None, description="This stage's overrides of spec.template.")
 
 
@@ -367,7 +350,7 @@ class Storage(Checked):
     def cel_rules(cls) -> list[Rule]:
         return [Rule("!has(self.existingClaim) || (!has(self.size) && !has(self.storageClassName))",
                      "size and storageClassName are for a new claim; not with existingClaim"),
-                Rule(f"!has(self.size) || {_cel_quantity('self.size')}.sign() == 1", "size must be greater than zero")]
+                Rule(f"!has(self.size) || {_cel_quantity('self.size')}.compareTo(quantity('0')) > 0", "size must be greater than zero")]
 
 
 class RLHFJobSpec(Checked):
