@@ -39,3 +39,20 @@ def tiny_tokenizer():
     from rlhf_trainer.tiny import build_tokenizer
 
     return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def control_plane():
+    """A real Kubernetes control plane (``kube_cluster``), with the RLHFJob CRD installed; skips without one."""
+    from kube_cluster import SKIP_REASON, ControlPlane
+
+    from rlhf_operator.crd import crd
+
+    plane = ControlPlane.find_or_start()
+    if plane is None:
+        pytest.skip(SKIP_REASON)
+    try:
+        plane.install_crd(crd())
+        yield plane
+    finally:
+        plane.stop()
