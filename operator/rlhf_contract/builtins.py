@@ -14,6 +14,9 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     "tiny-llama-classifier": ("llama", "seq-cls"),
 }
 
+BUILTIN_MAX_POSITIONS = 256
+"""Positions (the longest sequence) of every builtin model."""
+
 BUILTIN_DATASETS: tuple[str, ...] = ("movie-reviews", "movie-preferences", "movie-prompts", "digit-reversal",
                                      "digit-reversal-sft")
 """Small datasets shipped with the trainer, each with a train and a test split."""

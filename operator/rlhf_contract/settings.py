@@ -64,7 +64,9 @@ class Training(Schema):
     ] = Field("linear", description="Learning rate schedule after warm-up.")
     weight_decay: float = Field(0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1, gt=0, description="Clip gradients to this norm.")
-    max_seq_length: int = Field(512, ge=1, description="Truncate examples to this many tokens.")
+    max_seq_length: int = Field(
+        512, ge=1, description="Truncate examples to this many tokens; for a builtin model (256 positions) the "
+                               "default is 256.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass.")
     logging_steps: int = Field(10, ge=1, description="Record metrics every this many steps.")
 

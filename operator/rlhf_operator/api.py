@@ -296,6 +296,11 @@ class _Stages(Checked):
                     rule = f"!has(self.{kind}) || !has({where}) || !has({where}.fromStage) || " \
                            f"{runs_before(where + '.fromStage')}"
                 rules.append(Rule(rule.removesuffix(" || false"), message))
+                if (takes := stage_cls.from_earlier.get(field)) and not many:
+                    rules.append(Rule(
+                        f"!has(self.{kind}) || !has({where}) || !has({where}.fromStage) || "
+                        f"{where}.fromStage in {list(takes)}",
+                        f"{kind}.{name}.fromStage must name a stage whose model it can take: {', '.join(takes)}"))
             for field, sources in stage_cls.from_earlier.items():
                 if field != stage_cls.model_field:
                     name = stage_cls.model_fields[field].alias

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import get_args
 
 from rlhf_contract.assignment import StageAssignment
+from rlhf_contract.builtins import BUILTIN_MAX_POSITIONS
 from rlhf_contract.kinds import STAGE_ORDER
 from rlhf_contract.settings import StageSettings
 from rlhf_contract.sources import Source, map_sources
@@ -74,6 +75,7 @@ def make_plan(spec: RLHFJobSpec, job_name: str, workspace: str = "/workspace") -
     stages = []
     for position, (kind, stage) in enumerate(present):
         earlier = [name for name, _ in present[:position]]
+        stage = _fit_builtin_length(spec, kind, stage, earlier)
         stages.append(PlannedStage(
             name=kind,
             config=_stage_config(spec, kind, stage, earlier, job_name, workspace),
@@ -107,6 +109,10 @@ def _stage_config(spec: RLHFJobSpec, kind: str, stage: StageSettings, earlier: l
                 why = f"stages run in the order {', '.join(STAGE_ORDER)}" if in_job else f"this job has no {ref} stage"
                 raise PlanError(f"spec.stages.{kind}.{field_path}.fromStage",
                                 f"stage '{ref}' does not run before '{kind}' ({why})")
+            takes = type(stage).from_earlier.get(field_path.split(".")[0].split("[")[0], ())
+            if takes and ref not in takes:
+                raise PlanError(f"spec.stages.{kind}.{field_path}.fromStage",
+                                f"stage '{ref}' does not make a model this field can take (one of: {', '.join(takes)})")
             return source.model_copy(update={"from_stage": None, "path": stage_model_dir(workspace, ref)})
         if source.path is not None and not posixpath.isabs(source.path):
             return source.model_copy(update={"path": posixpath.normpath(posixpath.join(workspace, source.path))})
@@ -141,3 +147,28 @@ def _with_default_models(spec: RLHFJobSpec, kind: str, stage: StageSettings, ear
             raise PlanError(f"spec.stages.{kind}.{cls.model_fields[field].alias}",
                             f"not set, and {' and '.join(fallbacks)}; {', '.join(fixes[:-1])} or {fixes[-1]}")
     return stage.model_copy(update=updates)
+
+
+def _builtin_model(spec: RLHFJobSpec, kind: str, stage: StageSettings, earlier: list[str]) -> str | None:
+    """The builtin model a stage starts from: its own model, or the one of the stage it takes its model from."""
+    model = getattr(_with_default_models(spec, kind, stage, earlier), type(stage).model_field)
+    if model.from_stage is None or model.from_stage not in earlier:
+        return model.builtin
+    source = earlier.index(model.from_stage)
+    return _builtin_model(spec, model.from_stage, getattr(spec.stages, model.from_stage), earlier[:source])
+
+
+def _fit_builtin_length(spec: RLHFJobSpec, kind: str, stage: StageSettings, earlier: list[str]) -> StageSettings:
+    """A builtin model has BUILTIN_MAX_POSITIONS positions: an unset sequence length becomes that, a longer one set
+    by hand is refused here rather than in the pod."""
+    training = getattr(stage, "training", None)
+    if training is None or training.max_seq_length <= BUILTIN_MAX_POSITIONS:
+        return stage
+    if not (builtin := _builtin_model(spec, kind, stage, earlier)):
+        return stage
+    if "max_seq_length" in training.model_fields_set:
+        raise PlanError(f"spec.stages.{kind}.training.maxSeqLength",
+                        f"{training.max_seq_length} is more than the {BUILTIN_MAX_POSITIONS} positions of the builtin "
+                        f"model {builtin}; set it to at most {BUILTIN_MAX_POSITIONS}")
+    fitted = training.model_copy(update={"max_seq_length": BUILTIN_MAX_POSITIONS})
+    return stage.model_copy(update={"training": fitted})

@@ -1,29 +1,40 @@
-"""Fixtures of the operator tests: a Kubernetes API (kmock) per test, the official client, the operator."""
+"""Fixtures of the operator tests: a namespace of its own on the real control plane per test, the official
+client, the operator."""
+
+import secrets
 
 import kubernetes
 import pytest
-from harness import (
-    Api,
-    assert_status_matches_the_crd,
-    assert_status_only_through_subresource,
-    assert_valid_objects,
-    running_operator,
-)
-from kmock_cluster import RunningCluster
+from harness import Api, Namespace, running_operator, wait_for
+
+from rlhf_operator.api import GROUP, PLURAL, VERSION
 
 
 @pytest.fixture
-def cluster(tmp_path, monkeypatch):
-    """An emulated API server; at the end of the test every stored object must be valid (built-ins for Kubernetes,
-    RLHFJob statuses for the CRD) and the operator must have written RLHFJobs only through /status."""
-    with RunningCluster(tmp_path) as running:
-        # The client reads $KUBECONFIG once, at import: point its default at this cluster (kopf logs in with it).
-        monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(running.kubeconfig))
-        monkeypatch.setenv("KUBECONFIG", str(running.kubeconfig))
-        yield running
-        assert_valid_objects(running)
-        assert_status_matches_the_crd(running)
-        assert_status_only_through_subresource(running)
+def ns(control_plane):
+    """A new namespace, deleted after the test (its RLHFJobs first, so that no later test's operator sees them)."""
+    name = f"t-{secrets.token_hex(4)}"
+    core = kubernetes.client.CoreV1Api(control_plane.client())
+    core.create_namespace({"metadata": {"name": name}})
+    # the pods' ServiceAccount, made by the ServiceAccount controller
+    wait_for(lambda: core.list_namespaced_service_account(name).items, what=f"ServiceAccount {name}/default")
+    yield name
+    custom = kubernetes.client.CustomObjectsApi(core.api_client)
+    custom.delete_collection_namespaced_custom_object(GROUP, VERSION, name, PLURAL)
+    wait_for(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, name, PLURAL)["items"],
+             what=f"the RLHFJobs of {name} to go")
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def cluster(control_plane, ns, monkeypatch):
+    """The test's namespace on the control plane; the operator logs in with the control plane's kubeconfig."""
+    # The client reads $KUBECONFIG once, at import: point its default at this cluster (kopf logs in with it).
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(control_plane.kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    namespace = Namespace(control_plane.kubeconfig, ns, control_plane.client())
+    yield namespace
+    namespace.assert_untouched_by_kopf()
 
 
 @pytest.fixture

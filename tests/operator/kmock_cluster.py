@@ -1,11 +1,10 @@
-"""A Kubernetes API for operator tests: kmock's emulator, plus what a real API server adds that it lacks.
+"""An API server that fails when a test says so (``fail_next``: a 5xx, a 429, a lost race), which a real one cannot
+be told to do: kmock's emulator, plus what the operator needs of a real API server.
 
 ``Cluster`` fills uid, resourceVersion, generation and creationTimestamp, honours ``generateName``, keeps status
 behind the status subresource (status sent with a create or a plain patch is dropped, only ``status`` is taken
-from a ``/status`` patch), garbage-collects the children of a deleted owner, answers TokenReviews for the tokens
-a test issues, and fixes the core ``/api/v1`` discovery and the lists' ``kind``/``apiVersion``.
-It refuses the creates a real API server refuses (``apiserver_rules``: invalid Jobs and claims, a LimitRange's
-or ResourceQuota's limits), with the same status codes and Status bodies.
+from a ``/status`` patch), refuses stale writes (409), and fixes the core ``/api/v1`` discovery and the lists'
+``kind``/``apiVersion``. Everything else the operator meets is tested on the real control plane.
 ``RunningCluster`` serves it over HTTP from a background thread (the operator under test runs in another one)
 and writes a kubeconfig pointing at it.
 """
@@ -17,7 +16,6 @@ import copy
 import itertools
 import secrets
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,12 +23,10 @@ from pathlib import Path
 import aiohttp.web
 import kmock
 import yaml
-from apiserver_rules import refusal
 
 from rlhf_operator.api import GROUP, KIND, PLURAL, SINGULAR, VERSION
 
 RLHFJOBS = kmock.resource(GROUP, VERSION, PLURAL)
-TOKENREVIEWS = kmock.resource("authentication.k8s.io", "v1", "tokenreviews")
 
 
 def now() -> str:
@@ -47,49 +43,13 @@ class Cluster(kmock.KubernetesEmulator):
             kind=KIND, singular=SINGULAR, namespaced=True, subresources={"status"},
             verbs={"get", "list", "watch", "create", "patch", "delete"})
         self._versions = itertools.count(1)
-        self.tokens: dict[str, dict] = {}
         self.log: list[kmock.Request] = []
-        self._live: set[str] = set()  # uids of the objects that exist
-        self.created_at: dict[tuple[str, str | None, str], float] = {}  # (plural, namespace, name): monotonic time
         self.failures: dict[str, list[int]] = {}  # "<plural>" (creates) or "<plural>/status" (patches) -> codes
 
     def fail_next(self, what: str, code: int, times: int = 1) -> None:
         """Answer the next ``times`` creates of ``what`` (a plural), or patches of ``<plural>/status``, with
         ``code``: a server in trouble (5xx), too busy (429), or a write that lost a race (409)."""
         self.failures.setdefault(what, []).extend([code] * times)
-
-    # --- tokens ---------------------------------------------------------------------------------------------
-
-    def issue_pod_token(self, namespace: str, pod: dict, audience: str = "rlhf-operator",
-                        service_account: str = "default") -> str:
-        """A projected service-account token bound to ``pod``, as the kubelet mounts it."""
-        token = secrets.token_urlsafe(24)
-        self.tokens[token] = {
-            "audiences": [audience],
-            "user": {
-                "username": f"system:serviceaccount:{namespace}:{service_account}",
-                "uid": str(uuid.uuid4()),
-                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
-                "extra": {
-                    "authentication.kubernetes.io/pod-name": [pod["metadata"]["name"]],
-                    "authentication.kubernetes.io/pod-uid": [pod["metadata"]["uid"]],
-                },
-            },
-        }
-        return token
-
-    def _review(self, request: kmock.Request) -> aiohttp.web.Response:
-        spec = request.data.get("spec", {})
-        issued = self.tokens.get(spec.get("token", ""))
-        wanted = spec.get("audiences") or []
-        if issued is None or (wanted and not set(wanted) & set(issued["audiences"])):
-            # The real server omits `authenticated` on failure and says why in `error`.
-            status = {"user": {}, "error": "[invalid bearer token, token audiences or signature invalid]"}
-        else:
-            status = {"authenticated": True, "user": issued["user"], "audiences": issued["audiences"]}
-        body = {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1", "metadata": {}, "spec": spec,
-                "status": status}
-        return aiohttp.web.json_response(body, status=201)
 
     # --- what the API server adds to writes ------------------------------------------------------------------
 
@@ -112,12 +72,8 @@ class Cluster(kmock.KubernetesEmulator):
         resource = request.resource
         if resource is not None and (injected := self._injected_failure(request)):
             return injected
-        if resource is not None and request.action == kmock.action.CREATE and resource == TOKENREVIEWS:
-            return self._review(request)
         if resource is not None and isinstance(request.data, dict | list):
             if request.action == kmock.action.CREATE:
-                if refused := self._refusal(request):
-                    return refused
                 self._prepare_create(request)
             elif request.action == kmock.action.UPDATE and request.name is not None:
                 if conflict := self._stale(request):
@@ -126,17 +82,6 @@ class Cluster(kmock.KubernetesEmulator):
         response = await super()._handle(request)
         if resource is not None and request.action == kmock.action.CREATE and response.status == 200:
             response.set_status(201)  # what the real server answers a create with
-            meta = request.data["metadata"]
-            self.created_at[resource.plural, meta.get("namespace"), meta["name"]] = time.monotonic()
-            owners = {ref["uid"] for ref in request.data["metadata"].get("ownerReferences", [])}
-            if owners - self._live:  # created for an owner deleted meanwhile
-                await self._collect_garbage(owners - self._live)
-        if resource is not None and request.action == kmock.action.DELETE and request.name is not None:
-            obj = self._find(resource, request.namespace, request.name)
-            if obj is not None and obj.deleted:
-                uid = obj.last.raw.get("metadata", {}).get("uid")
-                self._live.discard(uid)
-                await self._collect_garbage({uid})
         return response
 
     def _injected_failure(self, request: kmock.Request) -> aiohttp.web.Response | None:
@@ -153,15 +98,6 @@ class Cluster(kmock.KubernetesEmulator):
         return aiohttp.web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
                                           "reason": reason, "message": f"injected by the test: {reason}"}, status=code)
 
-    def _refusal(self, request: kmock.Request) -> aiohttp.web.Response | None:
-        """What the real API server answers a create it refuses (``apiserver_rules``), else None."""
-        data = request.data if isinstance(request.data, dict) else {}
-        if request.namespace and not data.get("metadata", {}).get("namespace"):
-            data = {**data, "metadata": {**data.get("metadata", {}), "namespace": request.namespace}}
-        stored = {"jobs": self.stored("batch/v1/jobs"), "resourcequotas": self.stored("v1/resourcequotas"),
-                  "limitranges": self.stored("v1/limitranges")}
-        return refusal(request.resource.plural, data, stored)
-
     def _prepare_create(self, request: kmock.Request) -> None:
         data = request.data
         meta = data.setdefault("metadata", {})
@@ -171,7 +107,6 @@ class Cluster(kmock.KubernetesEmulator):
             meta["namespace"] = request.namespace
         meta.update(uid=str(uuid.uuid4()), resourceVersion=str(next(self._versions)), generation=1,
                     creationTimestamp=now())
-        self._live.add(meta["uid"])
         if self._has_status_subresource(request.resource):
             data.pop("status", None)
 
@@ -207,20 +142,6 @@ class Cluster(kmock.KubernetesEmulator):
             stored = next((obj for k, obj in self.objects.items() if k == key and not obj.deleted), None)
             if stored is not None:
                 meta["generation"] = stored.get("metadata", {}).get("generation", 1) + 1
-
-    async def _collect_garbage(self, gone: set[str]) -> None:
-        """Delete the objects owned by the uids ``gone``, and theirs, as the garbage collector does."""
-        while gone:
-            async with self._lock:
-                orphans = [(key, obj) for key, obj in self.objects.items() if not obj.deleted and any(
-                    ref["uid"] in gone for ref in obj.last.raw.get("metadata", {}).get("ownerReferences", []))]
-                gone = set()
-                for (resource, _, _), obj in orphans:
-                    raw = obj.raw
-                    gone.add(raw["metadata"]["uid"])
-                    self._live.discard(raw["metadata"]["uid"])
-                    obj.delete()
-                    await self._buses[resource].put({"type": "DELETED", "object": raw})
 
     # --- the same answers as kmock's, found by key instead of by scanning every object ---------------------
 

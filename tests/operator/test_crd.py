@@ -271,6 +271,12 @@ BAD = [
     (demo(GRPO_DEMO, spec__stages__grpo__distributed={"strategy": "fsdp"}), "this stage supports ddp"),
     (demo(GRPO_DEMO, spec__stages__sft=None, spec__stages__grpo__policy={"fromStage": "sft"}),
      "grpo.policy.fromStage must name a stage that runs before grpo"),
+    (demo(GRPO_DEMO, spec__stages__grpo__policy={"fromStage": "reward"}),
+     ".spec.stages: grpo.policy.fromStage must name a stage whose model it can take: sft, dpo, ppo"),
+    (demo(GRPO_DEMO, spec__stages__grpo__rewards=[{"verifier": "digit-reversal-exact", "weight": -1}]),
+     ".spec.stages.grpo: a reward's weight is at least 0"),
+    (demo(GRPO_DEMO, spec__stages__grpo__rewards=[{"verifier": "digit-reversal-exact", "weight": 0}]),
+     ".spec.stages.grpo: rewards: every weight is 0, so nothing is maximised"),
     # dpo
     (demo(DPO_DEMO, spec__stages__dpo__config={"lossType": ["sigmoid", "sft"], "lossWeights": [1.0]}),
      "lossWeights needs one weight per lossType"),
@@ -291,7 +297,7 @@ def test_the_api_server_and_the_operator_reject_the_same_specs(server, document,
     assert operator_error(document) is not None
 
 
-# --- what the CRD cannot check (it would exceed the server's CEL cost budget), the operator refuses -----------
+# --- what the CRD cannot check (over the CEL cost budget, or known only once planned), the operator refuses
 
 OPERATOR_ONLY = [
     (demo(spec__template={"labels": {"bad key!": "x"}}), "spec.template.labels", "not a valid label or annotation key"),
@@ -303,6 +309,10 @@ OPERATOR_ONLY = [
      "spec.stages.ppo.resources", "must be less than or equal to limits[memory]"),
     (demo(spec__stages__ppo__resources={"requests": {"nvidia.com/gpu": 1}}), "spec.stages.ppo.resources",
      "set it in limits, and requests equal to limits"),
+    (demo(spec__stages__sft__training__maxSeqLength=512), "spec.stages.sft.training.maxSeqLength",
+     "512 is more than the 256 positions of the builtin model tiny-gpt2"),
+    (demo(spec__stages__reward__training__maxSeqLength=300), "spec.stages.reward.training.maxSeqLength",
+     "300 is more than the 256 positions"),  # the reward model starts from sft's, a builtin
 ]
 
 

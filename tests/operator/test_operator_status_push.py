@@ -1,7 +1,7 @@
 """POST /v1/status: only a stage's own pods, with a projected token for the operator's audience, write status."""
 
 import pytest
-from harness import NS, rlhfjob, running_operator, wait_for
+from harness import rlhfjob, running_operator, wait_for
 
 from rlhf_operator import server
 
@@ -9,85 +9,85 @@ RECORD = {"stage": "ppo", "kind": "ppo", "step": 5, "totalSteps": 40, "metrics":
 
 
 @pytest.fixture
-def ppo_pod(api, operator):
+def ppo_pod(api, ns, operator):
     """A running pod of the ppo stage of RLHFJob "target" (its sft and reward stages are done)."""
-    api.create_rlhfjob(NS, rlhfjob("target"))
+    api.create_rlhfjob(ns, rlhfjob("target"))
     for stage in ("sft", "reward"):
-        api.wait_job(NS, f"target-{stage}")
-        api.complete_job(NS, f"target-{stage}")
-    api.wait_job(NS, "target-ppo")
-    return api.create_pod(NS, "target-ppo")
+        api.wait_job(ns, f"target-{stage}")
+        api.complete_job(ns, f"target-{stage}")
+    api.wait_job(ns, "target-ppo")
+    return api.pod(ns, "target-ppo")
 
 
 def rejected(operator, reason: str) -> float:
     return operator.metric("rlhf_status_pushes_rejected_total", reason=reason)
 
 
-def test_a_push_from_the_stages_pod_with_its_token_is_written(cluster, api, operator, ppo_pod):
-    token = cluster.cluster.issue_pod_token(NS, ppo_pod)
+def test_a_push_from_the_stages_pod_with_its_token_is_written(cluster, api, ns, operator, ppo_pod):
+    token = cluster.issue_pod_token(ns, ppo_pod)
     assert operator.push(RECORD, token) == (200, {"accepted": True})
-    assert api.status(NS, "target")["ppo"]["meanReward"] == 0.5
+    assert api.status(ns, "target")["ppo"]["meanReward"] == 0.5
 
 
 @pytest.mark.parametrize("token", [None, "not-a-token"], ids=["no token", "bad token"])
-def test_a_push_without_a_valid_token_is_rejected_and_counted(cluster, api, operator, ppo_pod, token):
+def test_a_push_without_a_valid_token_is_rejected_and_counted(cluster, api, ns, operator, ppo_pod, token):
     code, body = operator.push(RECORD, token)
     assert code == 401 and "token" in body["error"]
     assert rejected(operator, "unauthenticated") == 1
-    assert "ppo" not in api.status(NS, "target")
+    assert "ppo" not in api.status(ns, "target")
 
 
-def test_a_token_for_another_audience_is_rejected(cluster, api, operator, ppo_pod):
-    token = cluster.cluster.issue_pod_token(NS, ppo_pod, audience="https://kubernetes.default.svc")
+def test_a_token_for_another_audience_is_rejected(cluster, api, ns, operator, ppo_pod):
+    token = cluster.issue_pod_token(ns, ppo_pod, audience="https://kubernetes.default.svc")
     assert operator.push(RECORD, token)[0] == 401
-    assert "ppo" not in api.status(NS, "target")
+    assert "ppo" not in api.status(ns, "target")
 
 
-def test_a_push_from_a_pod_that_is_not_the_stages_is_rejected_and_counted(cluster, api, operator, ppo_pod):
-    intruder = api.core.api_client.sanitize_for_serialization(api.core.create_namespaced_pod(NS, {
+def test_a_push_from_a_pod_that_is_not_the_stages_is_rejected_and_counted(cluster, api, ns, operator, ppo_pod):
+    intruder = api.core.api_client.sanitize_for_serialization(api.core.create_namespaced_pod(ns, {
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "intruder", "labels": dict(ppo_pod["metadata"]["labels"])},  # same labels, no owner
         "spec": {"containers": [{"name": "c", "image": "busybox"}]}}))
-    assert operator.push(RECORD, cluster.cluster.issue_pod_token(NS, intruder))[0] == 403
+    assert operator.push(RECORD, cluster.issue_pod_token(ns, intruder))[0] == 403
 
     # A real pod of the job, but of another stage, may not write that stage's progress.
-    sft_pod = api.create_pod(NS, "target-sft")
-    code, body = operator.push(RECORD, cluster.cluster.issue_pod_token(NS, sft_pod))
+    sft_pod = api.pod(ns, "target-sft")
+    code, body = operator.push(RECORD, cluster.issue_pod_token(ns, sft_pod))
     assert code == 403 and "runs stage sft" in body["error"]
 
     # A pod of another RLHFJob's Job, pushing for its own stage, writes only its own RLHFJob.
-    api.create_rlhfjob(NS, rlhfjob("other"))
-    other_pod = api.create_pod(NS, api.wait_job(NS, "other-sft")["metadata"]["name"])
+    api.create_rlhfjob(ns, rlhfjob("other"))
+    other_pod = api.pod(ns, api.wait_job(ns, "other-sft")["metadata"]["name"])
     other = {**RECORD, "stage": "sft", "kind": "sft", "metrics": {"loss": 9.0}}
-    assert operator.push(other, cluster.cluster.issue_pod_token(NS, other_pod))[0] == 200
-    wait_for(lambda: api.status(NS, "other").get("sft", {}).get("loss") == 9.0)
-    assert "sft" not in api.status(NS, "target") and api.status(NS, "target")["progress"] == {"stage": "ppo"}
+    assert operator.push(other, cluster.issue_pod_token(ns, other_pod))[0] == 200
+    wait_for(lambda: api.status(ns, "other").get("sft", {}).get("loss") == 9.0)
+    assert "sft" not in api.status(ns, "target") and api.status(ns, "target")["progress"] == {"stage": "ppo"}
 
     assert rejected(operator, "forbidden") == 2
-    assert "ppo" not in api.status(NS, "target")
+    assert "ppo" not in api.status(ns, "target")
 
 
-def test_a_token_of_a_deleted_pod_is_rejected(cluster, api, operator, ppo_pod):
-    token = cluster.cluster.issue_pod_token(NS, ppo_pod)
-    api.core.delete_namespaced_pod(ppo_pod["metadata"]["name"], NS)
+def test_a_token_of_a_deleted_pod_is_rejected(cluster, api, ns, operator, ppo_pod):
+    token = cluster.issue_pod_token(ns, ppo_pod)
+    api.core.delete_namespaced_pod(ppo_pod["metadata"]["name"], ns)
     assert operator.push(RECORD, token)[0] == 403
 
 
-def test_a_malformed_record_is_rejected(cluster, api, operator, ppo_pod):
-    token = cluster.cluster.issue_pod_token(NS, ppo_pod)
+def test_a_malformed_record_is_rejected(cluster, api, ns, operator, ppo_pod):
+    token = cluster.issue_pod_token(ns, ppo_pod)
     assert operator.push({"step": 1}, token)[0] == 400
     assert operator.push({"stage": "ppo", "metrics": [1, 2]}, token)[0] == 400
     assert rejected(operator, "invalid") == 2
 
 
-def test_pushes_beyond_the_rate_are_throttled(cluster, api, monkeypatch):
+def test_pushes_beyond_the_rate_are_throttled(cluster, api, ns, monkeypatch):
     monkeypatch.setattr(server, "PUSH_RATE", 0.001)
     monkeypatch.setattr(server, "PUSH_BURST", 3)
     with running_operator(cluster, monkeypatch) as operator:
-        api.create_rlhfjob(NS, rlhfjob("chatty"))
-        pod = api.create_pod(NS, api.wait_job(NS, "chatty-sft")["metadata"]["name"])
-        token = cluster.cluster.issue_pod_token(NS, pod)
+        api.create_rlhfjob(ns, rlhfjob("chatty"))
+        pod = api.pod(ns, api.wait_job(ns, "chatty-sft")["metadata"]["name"])
+        token = cluster.issue_pod_token(ns, pod)
         record = {"stage": "sft", "kind": "sft", "step": 1, "metrics": {"loss": 1.0}}
         assert [operator.push(record, token)[0] for _ in range(5)] == [200, 200, 200, 429, 429]
         assert rejected(operator, "throttled") == 2
-        wait_for(lambda: api.status(NS, "chatty").get("sft", {}).get("loss") == 1.0)
+        wait_for(lambda: api.status(ns, "chatty").get("sft", {}).get("loss") == 1.0)

@@ -106,3 +106,11 @@ def test_a_dataset_without_the_prompt_column_is_refused_naming_it(plan_stages):
     done = run_stage(files["grpo"])
     assert done.returncode == 4
     assert "no column 'question'" in done.stderr and "'prompt'" in done.stderr
+
+
+def test_a_reward_callable_that_does_not_import_fails_the_check_naming_the_field(plan_stages):
+    files = plan_stages(tiny_spec(grpo=grpo(rewards=[{"callable": "notamodule:score"}])))
+    done = run_stage(files["grpo"])
+    assert done.returncode == 4
+    assert "rewards[0].callable 'notamodule:score' cannot be imported: No module named 'notamodule'" in done.stderr
+    assert not stage_dir(files["grpo"]).metrics.exists()  # refused before anything trained

@@ -26,7 +26,7 @@ from transformers import (
     T5Config,
 )
 
-from rlhf_contract.builtins import BUILTIN_MODELS
+from rlhf_contract.builtins import BUILTIN_MAX_POSITIONS, BUILTIN_MODELS
 from rlhf_trainer.data import tokenizer_corpus
 
 EOS = "<|endoftext|>"
@@ -34,7 +34,6 @@ PAD = "<|pad|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 VOCAB_SIZE = 1024
-MAX_POSITIONS = 256
 
 # ChatML-like; assistant turns end with EOS (so generation stops there) and are wrapped in
 # {% generation %} so `apply_chat_template(..., return_assistant_tokens_mask=True)` marks them.
@@ -74,7 +73,7 @@ def build_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
         eos_token=EOS,
         pad_token=PAD,
         additional_special_tokens=[IM_START, IM_END],
-        model_max_length=MAX_POSITIONS,
+        model_max_length=BUILTIN_MAX_POSITIONS,
         chat_template=CHAT_TEMPLATE,
     )
 
@@ -88,17 +87,17 @@ def tiny_config(family: str, tokenizer: PreTrainedTokenizerFast, **overrides) ->
         "pad_token_id": tokenizer.pad_token_id,
     }
     if family == "gpt2":
-        config = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=MAX_POSITIONS, **ids)
+        config = GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=BUILTIN_MAX_POSITIONS, **ids)
     elif family == "llama":
         config = LlamaConfig(
             hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True, **ids,
+            num_key_value_heads=2, max_position_embeddings=BUILTIN_MAX_POSITIONS, tie_word_embeddings=True, **ids,
         )
     elif family == "opt":
         # word_embed_proj_dim != hidden_size on purpose: value heads must use the projected size.
         config = OPTConfig(
             hidden_size=64, word_embed_proj_dim=32, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=MAX_POSITIONS, **ids,
+            max_position_embeddings=BUILTIN_MAX_POSITIONS, **ids,
         )
     elif family == "t5":
         config = T5Config(

@@ -157,9 +157,24 @@ class GRPOStage(StageSettings):
             raise ValueError(_KL_GUARDRAIL_RULE.message)
         return self
 
+    @model_validator(mode="after")
+    def _check_weights(self) -> GRPOStage:
+        if negative := [i for i, reward in enumerate(self.rewards) if reward.weight < 0]:
+            raise ValueError(f"rewards[{negative[0]}].weight: {_NO_NEGATIVE_WEIGHT.message}")
+        if all(reward.weight == 0 for reward in self.rewards):
+            raise ValueError(_SOME_WEIGHT.message)
+        return self
+
     @classmethod
     def cel_rules(cls) -> list[Rule]:
-        return [*super().cel_rules(), _KL_GUARDRAIL_RULE]
+        return [*super().cel_rules(), _KL_GUARDRAIL_RULE, _NO_NEGATIVE_WEIGHT, _SOME_WEIGHT]
+
+
+_NO_NEGATIVE_WEIGHT = Rule(
+    "self.rewards.all(r, !has(r.weight) || r.weight >= 0.0)",
+    "a reward's weight is at least 0 (to penalise something, make its function return lower values)")
+_SOME_WEIGHT = Rule("self.rewards.exists(r, !has(r.weight) || r.weight > 0.0)",
+                    "rewards: every weight is 0, so nothing is maximised; give at least one reward a weight above 0")
 
 
 _KL_GUARDRAIL_RULE = Rule(

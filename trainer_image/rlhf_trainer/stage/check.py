@@ -1,5 +1,5 @@
-"""Check stages' inputs before anything trains: model paths hold models, datasets load and have the columns each
-stage reads, with no blank value (the first bad row is named). ``rlhf run`` checks every stage of a job this way
+"""Check stages' inputs before anything trains: model paths hold models, reward callables import, datasets load and
+have the columns each stage reads, with no blank value (the first bad row is named). ``rlhf run`` checks every stage of a job this way
 before it runs the first, so a bad PPO dataset is found before SFT has spent its time.
 
 Each stage kind's runner module says what it reads with ``dataset_columns(config) -> [(field, source, columns)]``.
@@ -25,5 +25,9 @@ def check_stage(config: StageAssignment, produced: frozenset[str] = frozenset())
                 model_path(source, config.workspace)
             except StageInputError as exc:
                 raise StageInputError(f"{field}.path: {exc}") from exc
+        if getattr(source, "callable", None) is not None:
+            from rlhf_trainer.stage.scoring import import_function
+
+            import_function(source.callable, f"{field}.callable")
     for field, source, columns in runner(config.kind).dataset_columns(config):
         check_dataset(load_dataset(source), columns, name=field)
