@@ -180,8 +180,9 @@ class Api:
 
     def events(self, namespace: str, name: str) -> list[tuple[str, str, str]]:
         """(type, reason, message) of the Events on an RLHFJob, oldest first."""
-        events = [e for e in self.core.list_namespaced_event(namespace).items
-                  if e.involved_object.kind == "RLHFJob" and e.involved_object.name == name]
+        events = sorted((e for e in self.core.list_namespaced_event(namespace).items
+                         if e.involved_object.kind == "RLHFJob" and e.involved_object.name == name),
+                        key=lambda e: int(e.metadata.resource_version))
         return [(e.type, e.reason, e.message) for e in events]
 
     def event_reasons(self, namespace: str, name: str) -> list[str]:

@@ -69,8 +69,12 @@ def test_a_push_from_a_pod_that_is_not_the_stages_is_rejected_and_counted(cluste
 
 def test_a_token_of_a_deleted_pod_is_rejected(cluster, api, ns, operator, ppo_pod):
     token = cluster.issue_pod_token(ns, ppo_pod)
-    api.core.delete_namespaced_pod(ppo_pod["metadata"]["name"], ns)
-    assert operator.push(RECORD, token)[0] == 403
+    name = ppo_pod["metadata"]["name"]
+    api.core.delete_namespaced_pod(name, ns)
+    api.core.patch_namespaced_pod(name, ns, {"metadata": {"finalizers": None}})  # the Job controller's, done
+    wait_for(lambda: ppo_pod["metadata"]["uid"] not in [p.metadata.uid for p in api.core.list_namespaced_pod(ns).items],
+             what="the pod to go")
+    assert operator.push(RECORD, token)[0] == 401  # the API server no longer authenticates a gone pod's token
 
 
 def test_a_malformed_record_is_rejected(cluster, api, ns, operator, ppo_pod):
