@@ -50,6 +50,7 @@ from rlhf_operator.status import (
     timestamp,
     trainer_failure,
     transitions,
+    unreported_seconds,
 )
 from rlhf_operator.workqueue import Retry, WorkQueue
 
@@ -59,6 +60,8 @@ POD_CHECK_SECONDS = 10.0
 """How often a running stage whose Job has no pods is checked for pods the Job controller cannot create."""
 STALE_CHILD_SECONDS = 2.0
 """How soon to look again when a child's name is still taken by an object of a deleted RLHFJob."""
+SILENT_RECHECK_SECONDS = 30.0
+"""How often to look for a report again once a running stage has been silent too long."""
 TTL_EXPIRED = "TTLExpired"
 CHILD_KINDS = ("Job", "Service", "ConfigMap", "PersistentVolumeClaim")
 
@@ -116,10 +119,14 @@ class Controller:
                 old, spec_field(refusal, spec), refusal_message(refusal), reason=refusal_reason(refusal),
                 stage=refusal.stage, generation=generation, now=timestamp(now)))
             return None
-        new = next_status(old, runs, generation=generation, now=timestamp(now))
+        timeout = self.settings.progress_timeout_seconds
+        new = next_status(old, runs, generation=generation, now=timestamp(now), progress_timeout=timeout)
         await self._write(body, new)
         if new["phase"] in TERMINAL:
             return _ttl_left(spec.ttl_seconds_after_finished, new, now)
+        if (silent := unreported_seconds(new, runs, timestamp(now))) is not None:  # look again for a report
+            wait = timeout - silent if silent < timeout else min(timeout, SILENT_RECHECK_SECONDS)
+            recheck = min(recheck or wait, wait)
         return recheck
 
     async def _advance(self, body: dict, spec: RLHFJobSpec, plan: Plan) -> tuple[list[StageRun], float | None]:

@@ -42,6 +42,8 @@ class OperatorSettings:
     """Size of workspace claims whose spec names none."""
     default_pod_template: PodTemplate = field(default_factory=PodTemplate)
     """spec.template fields merged under every job's own."""
+    progress_timeout_seconds: float = 600.0
+    """How long a running stage may go without a progress report before ProgressReported turns False."""
 
     @property
     def status_url(self) -> str:
@@ -60,6 +62,11 @@ class OperatorSettings:
                           ("default_storage_size", "RLHF_DEFAULT_STORAGE_SIZE")):
             if env.get(key):
                 values[name] = env[key]
+        if timeout := env.get("RLHF_PROGRESS_TIMEOUT_SECONDS"):
+            try:
+                values["progress_timeout_seconds"] = float(timeout)
+            except ValueError:
+                raise SettingsError(f"RLHF_PROGRESS_TIMEOUT_SECONDS={timeout!r}: not a number of seconds") from None
         if template := env.get("RLHF_DEFAULT_POD_TEMPLATE"):
             values["default_pod_template"] = _pod_template(template)
         values.update({key: value for key, value in overrides.items() if value not in (None, ())})

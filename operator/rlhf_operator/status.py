@@ -23,6 +23,8 @@ from rlhf_operator.plan import PlanError
 TERMINAL = ("Succeeded", "Failed")
 CONDITION_MESSAGE_LIMIT = 600
 INVALID_SPEC = "InvalidSpec"
+PROGRESS_REPORTED = "ProgressReported"
+NO_PROGRESS = "NoProgressReported"
 FORBIDDEN = "Forbidden"
 SPEC_REASONS = (INVALID_SPEC, FORBIDDEN)
 """Failed reasons that a change of the spec can mend: the job is planned again when its spec changes."""
@@ -182,8 +184,14 @@ def progress(record: ProgressRecord, live: dict | None, now: str) -> dict:
     for field in ("reward", "kl"):
         live_field = getattr(kind, field, None) if kind else None
         if live and live_field in live:
-            found[field] = live[live_field]
+            found[field] = _shown(live[live_field])
     return found
+
+
+def _shown(value: float) -> float:
+    """``value`` to 4 significant digits: status.progress is what kubectl's columns print (status.<kind> keeps
+    every digit)."""
+    return float(f"{value:.4g}")
 
 
 def stage_results(record: ProgressRecord) -> dict[str, Any]:
@@ -253,7 +261,8 @@ class StageRun:
     """(reason, message) when its Job cannot create pods (e.g. Pod Security admission rejects them)."""
 
 
-def next_status(old: dict | None, runs: list[StageRun], *, generation: int | None, now: str) -> dict:
+def next_status(old: dict | None, runs: list[StageRun], *, generation: int | None, now: str,
+                progress_timeout: float | None = None) -> dict:
     """The status of an RLHFJob whose stages (in order) are ``runs``, given its current status ``old``.
 
     Fields others write (status.progress, status.<kind>, stage results pushed by pods) are kept; a finished stage's entry never
@@ -285,6 +294,8 @@ def next_status(old: dict | None, runs: list[StageRun], *, generation: int | Non
     if started and not status.get("startTime"):
         status["startTime"] = min(started)
     status["conditions"] = _conditions(status, runs, entries, generation, now)
+    if progress_timeout is not None:
+        status["conditions"] = _progress_condition(status, runs, generation, now, progress_timeout)
     if generation is not None:
         status["observedGeneration"] = generation
     return status
@@ -308,6 +319,9 @@ def _stage_entry(old: dict, run: StageRun) -> dict:
                      reason=reported or COMPLETED)
         if reported:
             entry["message"] = old.get("message")
+        elif "steps" not in entry:  # the trainer's last record, which carries them, never arrived
+            entry["message"] = (f"no results reached the operator from the stage's pods; they are in "
+                                f"{run.output}/result.json on the workspace claim")
     elif state.phase == "Failed":
         entry["completionTime"] = state.completion_time or run.created
         if reported and state.reason == "PodFailurePolicy":  # the guardrail failed the stage (exit code 3)
@@ -360,6 +374,35 @@ def _conditions(status: dict, runs: list[StageRun], entries: list[tuple[StageRun
         put("Failed", True, entry.get("reason") or "Failed", f"stage {stage} failed: {entry.get('message')}")
     elif find_condition(conditions, "Failed"):
         put("Failed", False, "SpecValid", "the spec is valid now")  # only an invalid spec can be fixed
+    return conditions
+
+
+def unreported_seconds(status: dict, runs: list[StageRun], now: str) -> float | None:
+    """How long the running stage's pods have run without a progress report reaching the status (counted from its
+    Job's creation or its last report); None when no stage's pods are running."""
+    run = next((r for r in runs if r.name == status.get("stage")), None)
+    if run is None or run.state is None or run.state.phase != "Running" or not run.state.active:
+        return None
+    progress = status.get("progress") or {}
+    last = progress.get("updatedAt") if progress.get("stage") == run.name else None
+    return seconds_between(last or run.created or now, now)
+
+
+def _progress_condition(status: dict, runs: list[StageRun], generation: int | None, now: str,
+                        timeout: float) -> list[dict]:
+    """ProgressReported: False once the running stage has gone ``timeout`` seconds without a report (the pods
+    cannot reach the operator, or their trainer is stuck), True again with the next report."""
+    conditions, stage = status["conditions"], status["stage"]
+    silent = unreported_seconds(status, runs, now)
+    if silent is not None and silent >= timeout:
+        message = (f"no progress of stage {stage} has reached the operator for {_duration(silent)}: its pods "
+                   "push to the operator's service URL (a WARNING in their log says why a push failed); the "
+                   "stage's results are in its result.json on the workspace claim")
+        return set_condition(conditions, PROGRESS_REPORTED, False, NO_PROGRESS, message, now, generation)
+    reported = (status.get("progress") or {}).get("updatedAt")
+    if find_condition(conditions, PROGRESS_REPORTED) and reported and silent is not None:
+        return set_condition(conditions, PROGRESS_REPORTED, True, "Reported", f"stage {stage} reports its progress",
+                             now, generation)
     return conditions
 
 
@@ -417,6 +460,10 @@ def transitions(old: dict | None, new: dict) -> list[Event]:
     for name, entry in (new.get("stages") or {}).items():
         before = old_stages.get(name) or {}
         events += _stage_events(name, before, entry)
+    silent = find_condition(new.get("conditions"), PROGRESS_REPORTED)
+    if silent and silent["status"] == "False" and (find_condition(old.get("conditions"), PROGRESS_REPORTED)
+                                                   or {}).get("status") != "False":
+        events.append(Event("Warning", NO_PROGRESS, silent["message"]))
     if new.get("phase") != old.get("phase"):
         if new.get("phase") == "Succeeded":
             events.append(Event("Normal", "Succeeded", find_condition(new["conditions"], "Succeeded")["message"]))

@@ -268,6 +268,19 @@ class Namespace:
         listed = json.loads(response.data)["items"]
         return [obj for obj in listed if (resource, obj["metadata"]["name"]) not in BUILT_IN]
 
+    def columns(self, name: str) -> dict[str, object]:
+        """What ``kubectl get rlhfjob NAME -o wide`` shows: the server's Table of the RLHFJob, by column."""
+        path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}/{name}"
+        request = self.client.param_serialize(
+            "GET", path, header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+            auth_settings=["BearerToken"])
+        response = self.client.call_api(*request[:3])
+        response.read()
+        table = json.loads(response.data)
+        (row,) = table["rows"]
+        return {column["name"].upper(): cell for column, cell in zip(table["columnDefinitions"], row["cells"],
+                                                                     strict=True)}
+
     def issue_pod_token(self, namespace: str, pod: dict, audience: str = "rlhf-operator") -> str:
         """A service-account token bound to ``pod``, as the kubelet projects it into the pod."""
         account = pod["spec"].get("serviceAccountName") or "default"

@@ -7,7 +7,6 @@ from pathlib import Path
 import yaml
 from harness import ROOT, run_stage, wait_for
 
-from rlhf_operator.crd import PRINTER_COLUMNS
 from rlhf_trainer.stage.report import HttpReporter, Reporter
 
 GRPO_DEMO = yaml.safe_load((ROOT / "manifests" / "examples" / "digit-reversal-tiny.yaml").read_text())
@@ -17,19 +16,6 @@ def job_from(example: dict, name: str) -> dict:
     body = copy.deepcopy(example)
     body["metadata"] = {"name": name}
     return body
-
-
-def columns(obj: dict, wide: bool = False) -> dict[str, object]:
-    """What ``kubectl get rlhfjobs`` (``-o wide``) shows of ``obj``: its printer columns' JSONPaths resolved."""
-    shown = {}
-    for column in PRINTER_COLUMNS:
-        if column.get("priority") and not wide:
-            continue
-        value = obj
-        for key in column["jsonPath"].strip(".").split("."):
-            value = value.get(key) if isinstance(value, dict) else None
-        shown[column["name"].upper()] = value
-    return shown
 
 
 def push(operator, cluster, api, ns: str, tmp_path: Path, job: str, stage: str, records: list[tuple]) -> None:
@@ -55,17 +41,17 @@ def test_sft_then_grpo_runs_in_order_and_grpos_progress_fills_its_status_and_col
     assert grpo_job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 300
     api.start_job(ns, "digits-grpo")
 
-    metrics = {"reward": 1.2, "reward_std": 0.4, "kl": 0.0, "completions/mean_length": 5.5,
+    metrics = {"reward": 1.8757703304290771, "reward_std": 0.4, "kl": 0.0, "completions/mean_length": 5.5,
                "clip_ratio/region_mean": 0.0, "frac_reward_zero_std": 0.25, "entropy": 1.1, "loss": 0.01,
                "rewards/reversal_exact/mean": 0.5}
     push(operator, cluster, api, ns, tmp_path, "digits", "grpo", [(150, 600, metrics, None)])
     status = api.status(ns, "digits")
     assert {k: v for k, v in status["grpo"].items() if k != "updatedAt"} == {
-        "step": 150, "totalSteps": 600, "reward": 1.2, "rewardStd": 0.4, "kl": 0.0, "completionLength": 5.5,
+        "step": 150, "totalSteps": 600, "reward": 1.8757703304290771, "rewardStd": 0.4, "kl": 0.0, "completionLength": 5.5,
         "clipRatio": 0.0, "fracRewardZeroStd": 0.25, "entropy": 1.1, "loss": 0.01}
-    shown = columns(api.rlhfjob(ns, "digits"), wide=True)
+    shown = cluster.columns("digits")
     assert {k: shown[k] for k in ("STAGE", "PHASE", "STEP", "REWARD", "KL", "PROGRESS")} == {
-        "STAGE": "grpo", "PHASE": "Running", "STEP": 150, "REWARD": 1.2, "KL": 0.0, "PROGRESS": 25}
+        "STAGE": "grpo", "PHASE": "Running", "STEP": 150, "REWARD": 1.876, "KL": 0.0, "PROGRESS": 25}
 
     result = {"reason": "Completed", "steps": 600, "totalSteps": 600, "durationSeconds": 16.0,
               "metrics": {"rewardBefore": 0.69, "rewardAfter": 1.70, "rewardFirstSteps": 0.72,
@@ -75,7 +61,7 @@ def test_sft_then_grpo_runs_in_order_and_grpos_progress_fills_its_status_and_col
     status = api.wait_phase(ns, "digits", "Succeeded")
     assert status["stages"]["grpo"]["results"] == {"rewardBefore": 0.69, "rewardAfter": 1.70,
                                                    "rewardFirstSteps": 0.72, "rewardLastSteps": 1.70}
-    assert columns(api.rlhfjob(ns, "digits"))["STEP"] == 600
+    assert cluster.columns("digits")["STEP"] == 600
 
 
 DPO_DEMO = yaml.safe_load((ROOT / "manifests" / "examples" / "sentiment-dpo-tiny.yaml").read_text())
@@ -98,7 +84,7 @@ def test_sft_then_dpo_runs_in_order_and_dpos_progress_fills_its_status_and_colum
     assert {k: v for k, v in status["dpo"].items() if k != "updatedAt"} == {
         "step": 300, "totalSteps": 600, "loss": 0.52, "rewardAccuracy": 0.9, "rewardMargin": 0.8,
         "chosenLogps": -40.0, "rejectedLogps": -48.0}
-    shown = columns(api.rlhfjob(ns, "prefs"), wide=True)
+    shown = cluster.columns("prefs")
     assert {k: shown[k] for k in ("STAGE", "PHASE", "STEP", "PROGRESS")} == {
         "STAGE": "dpo", "PHASE": "Running", "STEP": 300, "PROGRESS": 50}
 

@@ -95,3 +95,24 @@ def test_pushes_beyond_the_rate_are_throttled(cluster, api, ns, monkeypatch):
         assert [operator.push(record, token)[0] for _ in range(5)] == [200, 200, 200, 429, 429]
         assert rejected(operator, "throttled") == 2
         wait_for(lambda: api.status(ns, "chatty").get("sft", {}).get("loss") == 1.0)
+
+
+def test_a_running_stage_whose_pushes_never_arrive_is_flagged_until_one_does(cluster, api, ns, monkeypatch):
+    monkeypatch.setenv("RLHF_PROGRESS_TIMEOUT_SECONDS", "2")
+    with running_operator(cluster, monkeypatch) as operator:
+        api.create_rlhfjob(ns, rlhfjob("quiet"))
+        api.wait_job(ns, "quiet-sft")
+        api.start_job(ns, "quiet-sft")
+
+        def reported() -> dict:
+            return next((c for c in api.status(ns, "quiet").get("conditions") or []
+                         if c["type"] == "ProgressReported"), {})
+
+        flagged = wait_for(lambda: reported().get("status") == "False" and reported(), what="the flag")
+        assert flagged["reason"] == "NoProgressReported" and "no progress of stage sft" in flagged["message"]
+        assert ("Warning", "NoProgressReported", flagged["message"]) in api.events(ns, "quiet")
+
+        token = cluster.issue_pod_token(ns, api.pod(ns, "quiet-sft"))
+        record = {"stage": "sft", "kind": "sft", "step": 1, "metrics": {"loss": 1.0}}
+        assert operator.push(record, token)[0] == 200
+        assert wait_for(lambda: reported().get("status") == "True" and reported())["reason"] == "Reported"

@@ -180,6 +180,28 @@ def test_a_stage_ends_with_its_named_results_not_every_metric():
     assert set(patch["stages"]["ppo"]) == {"steps", "totalSteps", "durationSeconds", "results"}
 
 
+def test_progress_shows_reward_and_kl_with_four_significant_digits_and_keeps_every_digit_in_the_live_status():
+    patch = progress_patch({**PPO_RECORD, "metrics": {"env/reward_mean": 1.8757703304290771,
+                                                      "objective/kl": 3.2229840755462646}}, T2)
+    assert (patch["progress"]["reward"], patch["progress"]["kl"]) == (1.876, 3.223)
+    assert (patch["ppo"]["meanReward"], patch["ppo"]["kl"]) == (1.8757703304290771, 3.2229840755462646)
+
+
+def test_a_running_stage_that_reports_nothing_for_the_timeout_says_so_once_and_recovers_with_a_report():
+    start = next_status(None, runs(RUNNING), generation=1, now=T0, progress_timeout=600)
+    assert "ProgressReported" not in conditions_of(start)
+    silent = next_status(start, runs(RUNNING), generation=1, now=T2, progress_timeout=600)  # 30 min, no report
+    assert conditions_of(silent)["ProgressReported"] == ("False", "NoProgressReported")
+    assert "no progress of stage sft has reached the operator for 30m00s" in conditions_of_messages(silent)[
+        "ProgressReported"]
+    assert [e.reason for e in transitions(start, silent)] == ["NoProgressReported"]
+    still = next_status(silent, runs(RUNNING), generation=1, now=T3, progress_timeout=600)
+    assert transitions(silent, still) == []  # said once
+    reported = {**still, "progress": {"stage": "sft", "step": 3, "updatedAt": T3}}
+    back = next_status(reported, runs(RUNNING), generation=1, now=T3, progress_timeout=600)
+    assert conditions_of(back)["ProgressReported"] == ("True", "Reported")
+
+
 def test_progress_says_how_far_the_stage_is_with_its_reward_kl_and_time_left():
     patch = progress_patch({**PPO_RECORD, "estimatedRemainingSeconds": 3725.4}, T2)
     assert patch["progress"] == {"stage": "ppo", "step": 12, "totalSteps": 200, "percentage": 6,
@@ -233,8 +255,11 @@ def test_the_first_stage_running_makes_the_job_running_and_lists_the_stages_to_c
 def test_a_stage_that_succeeded_records_its_output_and_the_next_one_runs():
     before = next_status(None, runs(RUNNING), generation=1, now=T0)
     status = next_status(before, runs(DONE, RUNNING), generation=1, now=T1)
-    assert status["stages"]["sft"] == {"phase": "Succeeded", "job": "demo-sft", "startTime": T0,
-                                       "completionTime": T1, "output": "/workspace/sft", "reason": "Completed"}
+    assert status["stages"]["sft"] == {
+        "phase": "Succeeded", "job": "demo-sft", "startTime": T0, "completionTime": T1, "output": "/workspace/sft",
+        "reason": "Completed",
+        "message": "no results reached the operator from the stage's pods; they are in /workspace/sft/result.json "
+                   "on the workspace claim"}  # its trainer's last record, with them, did not arrive
     assert (status["phase"], status["stage"]) == ("Running", "reward")
     assert transitions(before, status) == [
         Event("Normal", "StageSucceeded", "stage sft succeeded in 5m00s; output /workspace/sft"),
