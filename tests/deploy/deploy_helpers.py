@@ -17,7 +17,7 @@ TOOLS = REPO / ".tools" / "bin"
 RELEASE = "rlhf-operator"
 NAMESPACE = "rlhf-system"
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest kubernetes-validate knows.
-KUBE_VERSIONS = ("1.32.0", kubernetes_validate.utils.latest_version())
+KUBE_VERSIONS = ("1.29.0", kubernetes_validate.utils.latest_version())
 # Kinds whose schemas are not built in: checked by the tests that render them.
 CUSTOM_KINDS = {"ServiceMonitor"}
 

@@ -49,7 +49,6 @@ def names(cluster, resource: str) -> list[str]:
 
 def run_stage(api, namespace: str, job: str) -> None:
     """The stage's pods ran to success."""
-    api.start_job(namespace, job)
     api.complete_job(namespace, job)
 
 
@@ -127,14 +126,15 @@ class Api:
     def job_status(self, namespace: str, name: str, status: dict) -> None:
         self.batch.patch_namespaced_job_status(name, namespace, {"status": status})
 
-    def start_job(self, namespace: str, name: str) -> None:
-        """Wait until the Job controller has created the Job's pods (``active``)."""
-        wait_for(lambda: ((self.job(namespace, name) or {}).get("status") or {}).get("active"), 15,
+    def start_job(self, namespace: str, name: str, field: str = "active") -> None:
+        """Wait until the Job controller has started the Job and created its pods (``active``)."""
+        wait_for(lambda: ((self.job(namespace, name) or {}).get("status") or {}).get(field), 45,
                  f"the Job controller to start {name}")
 
     def complete_job(self, namespace: str, name: str, completions: int | None = None) -> None:
         """The pods succeeded: SuccessCriteriaMet first, then Complete with completionTime (1.31+), as the Job
         controller writes them."""
+        self.start_job(namespace, name, "startTime")  # a finished Job has one
         succeeded = completions or self.job(namespace, name)["spec"].get("completions", 1)
         met = {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
                "message": "Reached expected number of succeeded pods", "lastProbeTime": now(),
@@ -149,6 +149,7 @@ class Api:
 
     def fail_job(self, namespace: str, name: str, reason: str, message: str, failed: int) -> None:
         """The Job failed: FailureTarget first, then Failed."""
+        self.start_job(namespace, name, "startTime")
         target = {"type": "FailureTarget", "status": "True", "reason": reason, "message": message,
                   "lastProbeTime": now(), "lastTransitionTime": now()}
         self.job_status(namespace, name, {"active": 0, "failed": failed, "conditions": [target]})

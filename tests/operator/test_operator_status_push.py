@@ -1,5 +1,7 @@
 """POST /v1/status: only a stage's own pods, with a projected token for the operator's audience, write status."""
 
+import time
+
 import pytest
 from harness import rlhfjob, running_operator, wait_for
 
@@ -114,5 +116,10 @@ def test_a_running_stage_whose_pushes_never_arrive_is_flagged_until_one_does(clu
 
         token = cluster.issue_pod_token(ns, api.pod(ns, "quiet-sft"))
         record = {"stage": "sft", "kind": "sft", "step": 1, "metrics": {"loss": 1.0}}
-        assert operator.push(record, token)[0] == 200
-        assert wait_for(lambda: reported().get("status") == "True" and reported())["reason"] == "Reported"
+
+        def report() -> dict:  # the trainer reports every half second
+            assert operator.push(record, token)[0] == 200
+            time.sleep(0.5)
+            return reported().get("status") == "True" and reported()
+
+        assert wait_for(report, timeout=30)["reason"] == "Reported"

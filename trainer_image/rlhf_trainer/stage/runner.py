@@ -86,6 +86,8 @@ def run_stage(config: StageAssignment, stop: StopSignal | None = None) -> int:
     is_main = processes().is_main_process
     reporter = make_reporter(config.name, config.kind, stage_dir.root) if is_main else None
     ctx = StageContext(config, stage_dir, reporter, stop or StopSignal())
+    if (checkpoint := stage_dir.latest_checkpoint()) is not None:
+        log.info("stage %s resumes from %s", config.name, checkpoint.name)
     try:
         result = run_kind(ctx)
     except StageStopped:
