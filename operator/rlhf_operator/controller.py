@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
 
-from rlhf_contract.runtime import WORKSPACE
+from rlhf_contract.runtime import EXIT_INVALID_INPUT, WORKSPACE
 from rlhf_operator.api import RLHFJobSpec
 from rlhf_operator.kube import ApiError, Kube
 from rlhf_operator.metrics import Metrics
@@ -32,11 +32,13 @@ from rlhf_operator.resources import (
 )
 from rlhf_operator.settings import OperatorSettings
 from rlhf_operator.status import (
+    INVALID_SPEC,
     SPEC_REASONS,
     TERMINAL,
     Event,
     JobState,
     StageRun,
+    TrainerFailure,
     find_condition,
     finished_stages,
     invalid_spec_status,
@@ -168,7 +170,7 @@ class Controller:
                 for stage in plan.stages]
         return runs, recheck
 
-    async def _trainer_failure(self, job: dict) -> str | None:
+    async def _trainer_failure(self, job: dict) -> TrainerFailure | None:
         """The failed trainer's own words, from the termination message of the Job's pods."""
         meta = job["metadata"]
         pods = await self.kube.list("Pod", meta["namespace"], label_selector=f"batch.kubernetes.io/job-name={meta['name']}")
@@ -292,10 +294,12 @@ class Controller:
         return deleted
 
 
-def _state(job: dict, trainer_said: str | None = None) -> JobState:
+def _state(job: dict, trainer: TrainerFailure | None = None) -> JobState:
     state = job_state(job, (job["metadata"].get("annotations") or {}).get(SUSPENDED_BY_OPERATOR) == "true")
-    if trainer_said:
-        state = replace(state, message=f"{state.message}; the trainer said: {trainer_said}")
+    if trainer:
+        # exit code 4: the stage's check refused its config or data, which only a new spec mends
+        reason = INVALID_SPEC if trainer.exit_code == EXIT_INVALID_INPUT else state.reason
+        state = replace(state, reason=reason, message=f"{state.message}; the trainer said: {trainer.message}")
     return state
 
 

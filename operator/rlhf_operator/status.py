@@ -12,7 +12,7 @@ import copy
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -125,7 +125,14 @@ def job_state(job: dict, suspended_by_operator: bool = False) -> JobState:
     return JobState("Running", retries=retries, active=active)
 
 
-def trainer_failure(pods: list[dict]) -> str | None:
+class TrainerFailure(NamedTuple):
+    """What a failed trainer container said (its termination message) and its exit code."""
+
+    exit_code: int
+    message: str
+
+
+def trainer_failure(pods: list[dict]) -> TrainerFailure | None:
     """What the trainer said when it last failed: the termination message of the latest container that exited
     with an error (the stage runner writes the cause there; Kubernetes keeps its last 4 KiB)."""
     ended = []
@@ -134,8 +141,9 @@ def trainer_failure(pods: list[dict]) -> str | None:
             for state in (container.get("state"), container.get("lastState")):
                 terminated = (state or {}).get("terminated") or {}
                 if terminated.get("exitCode") and (terminated.get("message") or "").strip():
-                    ended.append((terminated.get("finishedAt") or "", terminated["message"].strip()))
-    return max(ended)[1] if ended else None
+                    ended.append((terminated.get("finishedAt") or "", terminated["exitCode"],
+                                  terminated["message"].strip()))
+    return TrainerFailure(*max(ended)[1:]) if ended else None
 
 
 def pod_creation_problem(events: list[dict]) -> tuple[str, str] | None:

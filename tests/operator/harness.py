@@ -139,7 +139,8 @@ class Api:
         met = {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached",
                "message": "Reached expected number of succeeded pods", "lastProbeTime": now(),
                "lastTransitionTime": now()}
-        self.job_status(namespace, name, {"active": 0, "ready": 0, "succeeded": succeeded, "conditions": [met]})
+        self.job_status(namespace, name, {"active": 0, "ready": 0, "terminating": 0, "succeeded": succeeded,
+                                          "conditions": [met]})
         complete = {**met, "type": "Complete"}
         self.job_status(namespace, name, {"completionTime": now(), "conditions": [met, complete]})
 
@@ -152,7 +153,7 @@ class Api:
         self.start_job(namespace, name, "startTime")
         target = {"type": "FailureTarget", "status": "True", "reason": reason, "message": message,
                   "lastProbeTime": now(), "lastTransitionTime": now()}
-        self.job_status(namespace, name, {"active": 0, "failed": failed, "conditions": [target]})
+        self.job_status(namespace, name, {"active": 0, "terminating": 0, "failed": failed, "conditions": [target]})
         self.job_status(namespace, name, {"conditions": [target, {**target, "type": "Failed"}]})
 
     def pod(self, namespace: str, job_name: str) -> dict:

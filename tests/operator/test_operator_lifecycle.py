@@ -123,10 +123,10 @@ def test_a_stage_that_refuses_its_data_fails_at_once_with_the_trainers_message(c
     api.fail_job(ns, "baddata-sft", "PodFailurePolicy",
                  "Container trainer for pod x failed with exit code 4 matching FailJob rule at index 1", 1)
     status = api.wait_phase(ns, "baddata", "Failed")
-    assert status["stages"]["sft"]["reason"] == "PodFailurePolicy"
+    assert status["stages"]["sft"]["reason"] == "InvalidSpec"  # exit code 4: its config or data must change
     assert status["stages"]["sft"]["message"].endswith(f"the trainer said: {said}")
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
-    assert said in failed["message"]
+    assert failed["reason"] == "InvalidSpec" and said in failed["message"]
 
 
 def test_suspend_suspends_the_running_stage_and_resume_continues_it(cluster, api, ns, operator):

@@ -126,9 +126,9 @@ def test_the_trainers_last_termination_message_explains_a_failed_stage():
 
     first = pod(("state", ended(1, "CUDA out of memory", "2026-11-24T12:00:00Z")))
     last = pod(("state", ended(4, "stage sft: dataset has no column 'review'\n", "2026-11-24T12:05:00Z")))
-    assert trainer_failure([first, last]) == "stage sft: dataset has no column 'review'"
+    assert trainer_failure([first, last]) == (4, "stage sft: dataset has no column 'review'")
     restarted = pod(("state", {"running": {}}), ("lastState", ended(1, "killed", "2026-11-24T12:01:00Z")))
-    assert trainer_failure([restarted]) == "killed"
+    assert trainer_failure([restarted]) == (1, "killed")
     assert trainer_failure([pod(("state", ended(0, "done", "2026-11-24T12:00:00Z")))]) is None
     assert trainer_failure([{"status": {}}]) is None
 
