@@ -5,7 +5,7 @@ import secrets
 
 import kubernetes
 import pytest
-from harness import Api, Namespace, running_operator, wait_for
+from harness import Api, Namespace, log_in, running_operator, wait_for
 
 from rlhf_operator.api import GROUP, PLURAL, VERSION
 
@@ -29,9 +29,7 @@ def ns(control_plane):
 @pytest.fixture
 def cluster(control_plane, ns, monkeypatch):
     """The test's namespace on the control plane; the operator logs in with the control plane's kubeconfig."""
-    # The client reads $KUBECONFIG once, at import: point its default at this cluster (kopf logs in with it).
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(control_plane.kubeconfig))
-    monkeypatch.setenv("KUBECONFIG", str(control_plane.kubeconfig))
+    log_in(monkeypatch, control_plane.kubeconfig)
     namespace = Namespace(control_plane.kubeconfig, ns, control_plane.client())
     yield namespace
     namespace.assert_untouched_by_kopf()

@@ -223,6 +223,13 @@ class OperatorHandle:
         return 0.0
 
 
+def log_in(monkeypatch, kubeconfig: Path) -> None:
+    """Make ``kubeconfig`` the one the operator under test (kopf and its client) logs in with. The client reads
+    $KUBECONFIG once, at import: its default location is pointed there too."""
+    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+
+
 @contextmanager
 def running_operator(cluster: Namespace, monkeypatch, namespaces: tuple[str, ...] = ()):
     """The operator under test (``kopf run --standalone``, all namespaces or ``namespaces``), its HTTP server on
@@ -263,25 +270,23 @@ class Namespace:
         group_version, _, plural = resource.rpartition("/")
         prefix = "/api" if group_version == "v1" else "/apis"
         path = f"{prefix}/{group_version}/namespaces/{namespace or self.namespace}/{plural}"
-        request = self.client.param_serialize("GET", path, header_params={"Accept": "application/json"},
-                                              auth_settings=["BearerToken"])
-        response = self.client.call_api(*request[:3])
-        response.read()
-        listed = json.loads(response.data)["items"]
+        listed = self._get(path)["items"]
         return [obj for obj in listed if (resource, obj["metadata"]["name"]) not in BUILT_IN]
 
     def columns(self, name: str) -> dict[str, object]:
         """What ``kubectl get rlhfjob NAME -o wide`` shows: the server's Table of the RLHFJob, by column."""
-        path = f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}/{name}"
-        request = self.client.param_serialize(
-            "GET", path, header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
-            auth_settings=["BearerToken"])
-        response = self.client.call_api(*request[:3])
-        response.read()
-        table = json.loads(response.data)
+        table = self._get(f"/apis/{GROUP}/{VERSION}/namespaces/{self.namespace}/{PLURAL}/{name}",
+                          "application/json;as=Table;v=v1;g=meta.k8s.io")
         (row,) = table["rows"]
         return {column["name"].upper(): cell for column, cell in zip(table["columnDefinitions"], row["cells"],
                                                                      strict=True)}
+
+    def _get(self, path: str, accept: str = "application/json") -> dict:
+        request = self.client.param_serialize("GET", path, header_params={"Accept": accept},
+                                              auth_settings=["BearerToken"])
+        response = self.client.call_api(*request[:3])
+        response.read()
+        return json.loads(response.data)
 
     def issue_pod_token(self, namespace: str, pod: dict, audience: str = "rlhf-operator") -> str:
         """A service-account token bound to ``pod``, as the kubelet projects it into the pod."""

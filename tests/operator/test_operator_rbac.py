@@ -1,9 +1,8 @@
 """The operator with only the RBAC the manifests grant (manifests/rbac, the chart's default): it logs in as the
 ServiceAccount, and the real API server authorizes every call it makes while a job runs to its end."""
 
-import kubernetes
 import yaml
-from harness import ROOT, rlhfjob, run_stage, running_operator, wait_for
+from harness import ROOT, log_in, rlhfjob, run_stage, running_operator, wait_for
 
 RBAC = ROOT / "manifests" / "rbac"
 
@@ -31,8 +30,7 @@ def test_the_operator_runs_a_job_with_only_the_rbac_the_manifests_grant(control_
         user["user"] = {"token": token}
     kubeconfig = tmp_path / "operator.kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(config))
-    monkeypatch.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    log_in(monkeypatch, kubeconfig)
     try:
         with running_operator(cluster, monkeypatch) as operator:
             api.create_rlhfjob(ns, rlhfjob("least"))
