@@ -403,7 +403,7 @@ def _progress_condition(status: dict, runs: list[StageRun], generation: int | No
     conditions, stage = status["conditions"], status["stage"]
     silent = unreported_seconds(status, runs, now)
     if silent is not None and silent >= timeout:
-        message = (f"no progress of stage {stage} has reached the operator for {_duration(silent)}: its pods "
+        message = (f"no progress of stage {stage} has reached the operator for {_duration(timeout)}: its pods "
                    "push to the operator's service URL (a WARNING in their log says why a push failed); the "
                    "stage's results are in its result.json on the workspace claim")
         return set_condition(conditions, PROGRESS_REPORTED, False, NO_PROGRESS, message, now, generation)

@@ -112,7 +112,8 @@ def test_a_running_stage_whose_pushes_never_arrive_is_flagged_until_one_does(clu
 
         flagged = wait_for(lambda: reported().get("status") == "False" and reported(), what="the flag")
         assert flagged["reason"] == "NoProgressReported" and "no progress of stage sft" in flagged["message"]
-        assert ("Warning", "NoProgressReported", flagged["message"]) in api.events(ns, "quiet")
+        wait_for(lambda: ("Warning", "NoProgressReported", flagged["message"]) in api.events(ns, "quiet"),
+                 what="the Warning Event")  # posted once the status is written
 
         token = cluster.issue_pod_token(ns, api.pod(ns, "quiet-sft"))
         record = {"stage": "sft", "kind": "sft", "step": 1, "metrics": {"loss": 1.0}}
