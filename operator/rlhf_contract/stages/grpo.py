@@ -15,7 +15,7 @@ from rlhf_contract.settings import Guardrails, LoRA, StageSettings, TRLTrainingS
 from rlhf_contract.sources import DatasetSource, ModelSource
 
 MAX_REWARDS = 16
-LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo"]
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo"]
 
 
 class RewardFunction(ModelSource):
@@ -92,6 +92,10 @@ class GRPOSettings(TRLTrainingSettings):
         None, gt=0, description="Drop negative-advantage sequences drifting more than this; unset: off.")
     sapo_temperature_pos: float = Field(1.0, gt=0, description="SAPO gate temperature, positive advantages.")
     sapo_temperature_neg: float = Field(1.05, gt=0, description="SAPO gate temperature, other advantages.")
+    vespo_k_pos: float = Field(2.0, ge=0, description="VESPO power k, non-negative advantages.")
+    vespo_lambda_pos: float = Field(3.0, ge=0, description="VESPO decay lambda, non-negative advantages.")
+    vespo_k_neg: float = Field(3.0, ge=0, description="VESPO power k, negative advantages.")
+    vespo_lambda_neg: float = Field(2.0, ge=0, description="VESPO decay lambda, negative advantages.")
     sync_ref_model: bool = Field(False, description="Move the reference towards the policy now and then (TR-DPO).")
     ref_model_mixup_alpha: float = Field(0.6, ge=0, le=1, description="Alpha of that move.")
     ref_model_sync_steps: int = Field(512, ge=1, description="Optimizer steps between those moves.")

@@ -115,7 +115,10 @@ class GRPOTrainer(Trainer):
 
         self.reference = None
         if args.beta != 0.0:
-            self.reference = Reference.of(model, trained_adapter=passed_peft)
+            reloaded = None
+            if args.reproduce_trl and not is_peft_model(model):  # TRL loads the reference from the policy's path
+                reloaded = load_causal_lm(model.config._name_or_path, model_init_kwargs or None)
+            self.reference = Reference.of(model, ref_model=reloaded, trained_adapter=passed_peft)
         if args.sync_ref_model and (self.reference is None or not self.reference.is_separate_model):
             raise ValueError("sync_ref_model=True needs a reference model of its own: it is off when beta == 0 and "
                              "the adapters-off base under PEFT; set sync_ref_model=False")
@@ -151,10 +154,14 @@ class GRPOTrainer(Trainer):
             importance_sampling_level=args.importance_sampling_level, beta=args.beta,
             use_bias_correction_kl=args.use_bias_correction_kl, sapo_temperature_pos=args.sapo_temperature_pos,
             sapo_temperature_neg=args.sapo_temperature_neg, max_completion_length=args.max_completion_length,
-            off_policy_mask_threshold=args.off_policy_mask_threshold)
+            off_policy_mask_threshold=args.off_policy_mask_threshold, vespo_k_pos=args.vespo_k_pos,
+            vespo_lambda_pos=args.vespo_lambda_pos, vespo_k_neg=args.vespo_k_neg,
+            vespo_lambda_neg=args.vespo_lambda_neg)
         self.generate_every = args.steps_per_generation * args.num_iterations
         self.needs_old_logps = args.gradient_accumulation_steps % self.generate_every != 0
         self.entropy_coef = args.entropy_coef
+        # on from the start when set, so it stays on (adaptive control may later move the coefficient to 0)
+        self._entropy_bonus_on = args.entropy_coef != 0.0 or args.use_adaptive_entropy
         self._last_window_entropy = float("inf")
         self._entropy_window = None
         self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -245,8 +252,9 @@ class GRPOTrainer(Trainer):
         if self._step % self.generate_every == 0 or self._buffer is None:
             generation = self._step // self.generate_every
             batch = self._generate_and_score(generation_batch, "train", generation)
-            self._buffer = split_rows(shuffle_rows(batch, self._seed("shuffle", generation)),
-                                      self.args.steps_per_generation)
+            # TRL shuffles with the global RNG, which anything else drawing from it moves; ours has its own seed
+            seed = None if self.args.reproduce_trl else self._seed("shuffle", generation)
+            self._buffer = split_rows(shuffle_rows(batch, seed), self.args.steps_per_generation)
         inputs = self._buffer[self._step % self.args.steps_per_generation]
         self._step += 1
         return inputs
@@ -265,11 +273,13 @@ class GRPOTrainer(Trainer):
         completion_ids, completion_mask = pad(completion_lists, self.pad_token_id, "right")
         ends = {*self.eos_token_ids, self.pad_token_id}
         truncated = torch.tensor([not c or c[-1] not in ends for c in completion_lists])
-        if self.args.mask_truncated_completions:
-            completion_mask = completion_mask * (~truncated)[:, None].long()
         env_mask = None
         if rollout.get("env_mask") is not None:
             env_mask, _ = pad(rollout["env_mask"], 0, "right")
+        # the lengths logged are what was generated (model tokens), before truncated completions are masked
+        generated = (completion_mask if env_mask is None else completion_mask * env_mask).sum(1).to(device)
+        if self.args.mask_truncated_completions:
+            completion_mask = completion_mask * (~truncated)[:, None].long()
         loss_mask = completion_mask if env_mask is None else completion_mask * env_mask
         batch = {"prompt_ids": prompt_ids.to(device), "prompt_mask": prompt_mask.to(device),
                  "completion_ids": completion_ids.to(device), "completion_mask": completion_mask.to(device),
@@ -294,14 +304,14 @@ class GRPOTrainer(Trainer):
         rewards = self.accelerator.gather(local_rewards).cpu()
         generations = self.args.num_generations if mode == "train" else self.num_generations_eval
         result = compute_advantages(rewards, self.reward_weights, generations, self.args.scale_rewards,
-                                    self.args.multi_objective_aggregation)
+                                    self.args.multi_objective_aggregation, exact_ties=not self.args.reproduce_trl)
         local = slice(self.accelerator.process_index * len(prompts), (self.accelerator.process_index + 1) * len(prompts))
         batch["advantages"] = result.advantages[local].to(device)
 
         counted = loss_mask.sum(1).to(device)
         window_tokens = self.accelerator.gather(counted.sum()[None]).sum().item()
         batch["window_normaliser"] = torch.full((len(prompts),), float(window_tokens), device=device)
-        self._log_generation(mode, rewards, result, prompt_mask, counted, truncated)
+        self._log_generation(mode, rewards, result, prompt_mask, generated, truncated)
         if self.args.log_completions and self.accelerator.is_main_process:
             self._completions_log = [{"prompt": p, "completion": c, "reward": r, "advantage": a}
                                      for p, c, r, a in zip(prompts, completions, result.rewards[local].tolist(),
@@ -340,16 +350,21 @@ class GRPOTrainer(Trainer):
 
     def _score(self, model, batch: dict, with_entropy: bool = False):
         """Per-token log-probs [B, C] of the completion tokens under ``log_softmax(logits / temperature)``, and
-        entropies; positions ``cumsum(mask) - 1`` so left padding never shifts a prompt."""
+        entropies (differentiable when the entropy bonus is on); positions ``cumsum(mask) - 1`` so left padding
+        never shifts a prompt."""
         input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
         attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         width = batch["completion_ids"].shape[1]
+        if self.args.reproduce_trl:
+            positions = None
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False,
                        logits_to_keep=width + 1).logits[:, :-1]
         temperature = self.args.temperature
         logps = selective_log_softmax(logits, batch["completion_ids"], temperature)
-        entropies = entropy_from_logits(logits.detach(), temperature) if with_entropy else None
+        entropies = None
+        if with_entropy:
+            entropies = entropy_from_logits(logits if self._entropy_bonus_on else logits.detach(), temperature)
         return logps, entropies
 
     def _score_batches(self, model, batch: dict) -> torch.Tensor:
@@ -383,7 +398,7 @@ class GRPOTrainer(Trainer):
                         ref_logps=inputs.get("ref_logps"), entropy_mask=entropy_mask, behaviour_logps=behaviour,
                         accumulation=accumulation, window_normaliser=normaliser)
         loss = out.loss
-        if self.entropy_coef != 0.0 or self.args.use_adaptive_entropy:
+        if self._entropy_bonus_on:
             loss = self._entropy_bonus(loss, entropies, mask if entropy_mask is None else mask * entropy_mask,
                                        accumulation, mode)
         self._log_loss(mode, out, entropies, inputs)
@@ -400,7 +415,7 @@ class GRPOTrainer(Trainer):
         metrics = self._metrics[mode]
         metrics["policy_loss"].append(self.accelerator.gather(policy_loss[None]).mean().item())
         if self.args.use_adaptive_entropy and mode == "train":
-            stats = torch.stack([(entropies * mask).sum(), mask.sum()])
+            stats = torch.stack([(entropies * mask).sum(), mask.sum()]).detach()
             self._entropy_window = stats if self._entropy_window is None else self._entropy_window + stats
             if self.accelerator.sync_gradients:
                 total = self.accelerator.reduce(self._entropy_window, reduction="sum")
@@ -436,31 +451,39 @@ class GRPOTrainer(Trainer):
 
     def _log_loss(self, mode: str, out, entropies: torch.Tensor, inputs: dict) -> None:
         metrics, mask = self._metrics[mode], inputs["loss_mask"]
-        metrics["entropy"].append(self._token_mean(entropies, inputs["completion_mask"].float()))
+        metrics["entropy"].append(self._token_mean(entropies.detach(), inputs["completion_mask"].float()))
         if out.kl is not None:
             metrics["kl"].append(self._token_mean(out.kl.detach(), mask))
-        ratio = out.ratio.detach().expand_as(mask)
+        ratio = out.ratio.detach()
         advantages = inputs["advantages"]
         settings = self.loss_settings
+        # A sequence-level ratio ([B, 1]) is one value per sequence: its clip metrics count sequences, not tokens.
+        per_sequence = ratio.shape[1] == 1
+        if per_sequence:
+            mask = torch.ones_like(ratio)
         if settings.loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"):
-            low, high = clip_indicators(ratio, out.clipped_ratio.detach().expand_as(mask), advantages,
-                                        settings.epsilon_low, settings.epsilon_high)
+            low, high = clip_indicators(ratio, out.clipped_ratio.detach(), advantages, settings.epsilon_low,
+                                        settings.epsilon_high)
             metrics["clip_ratio/low_mean"].append(self._token_mean(low, mask))
             metrics["clip_ratio/high_mean"].append(self._token_mean(high, mask))
             metrics["clip_ratio/region_mean"].append(self._token_mean(torch.maximum(low, high), mask))
-            metrics["clip_ratio/low_min"].append(self.accelerator.gather(masked_mean(low, mask, 1)).min().item())
-            metrics["clip_ratio/high_max"].append(self.accelerator.gather(masked_mean(high, mask, 1)).max().item())
+            # per sequence; a sequence with no token in the loss has none (NaN, left out)
+            low_seq, high_seq = ((x * mask).sum(1) / mask.sum(1) for x in (low, high))
+            metrics["clip_ratio/low_min"].append(_nan_extreme(self.accelerator.gather(low_seq), torch.min))
+            metrics["clip_ratio/high_max"].append(_nan_extreme(self.accelerator.gather(high_seq), torch.max))
         elif settings.loss_type == "cispo":
             clipped = ((ratio > settings.epsilon_high) & (advantages[:, None] > 0)).float()
-            metrics["cispo_clip_ratio"].append(self._token_mean(clipped, mask))
+            metrics["cispo_clip_ratio"].append(self._token_mean(clipped.expand_as(mask), mask))
+        elif settings.loss_type == "vespo":  # one weight per sequence
+            metrics["vespo/phi_seq_mean"].append(self._token_mean(out.vespo_weights, torch.ones_like(out.vespo_weights)))
 
-    def _log_generation(self, mode, rewards, result, prompt_mask, counted, truncated) -> None:
+    def _log_generation(self, mode, rewards, result, prompt_mask, generated, truncated) -> None:
         metrics, gather = self._metrics[mode], self.accelerator.gather
-        device = self.accelerator.device
-        lengths = gather(counted.float()).cpu()
+        device, exact = self.accelerator.device, not self.args.reproduce_trl
+        lengths = gather(generated.float()).cpu()
         all_truncated = gather(truncated.to(device)).cpu()
         if mode == "train":
-            tokens = gather((prompt_mask.sum().to(device) + counted.sum())[None]).sum().item()
+            tokens = gather((prompt_mask.sum().to(device) + generated.sum())[None]).sum().item()
             self.state.num_input_tokens_seen += int(tokens)
             metrics["num_tokens"] = [self.state.num_input_tokens_seen]
         metrics["completions/mean_length"].append(lengths.mean().item())
@@ -472,10 +495,10 @@ class GRPOTrainer(Trainer):
         metrics["completions/min_terminated_length"].append(terminated.min().item() if len(terminated) else 0.0)
         metrics["completions/max_terminated_length"].append(terminated.max().item() if len(terminated) else 0.0)
         for k, name in enumerate(self.reward_func_names):
-            metrics[f"rewards/{name}/mean"].append(nanmean(rewards[:, k]).item())
-            metrics[f"rewards/{name}/std"].append(nanstd(rewards[:, k]).item())
-        metrics["reward"].append(nanmean(result.rewards).item())
-        metrics["reward_std"].append(nanstd(result.rewards).item())
+            metrics[f"rewards/{name}/mean"].append(nanmean(rewards[:, k], exact_ties=exact).item())
+            metrics[f"rewards/{name}/std"].append(nanstd(rewards[:, k], exact_ties=exact).item())
+        metrics["reward"].append(nanmean(result.rewards, exact_ties=exact).item())
+        metrics["reward_std"].append(nanstd(result.rewards, exact_ties=exact).item())
         metrics["frac_reward_zero_std"].append(result.frac_zero_std)
 
     def _log_metric(self, mode: str):
@@ -504,6 +527,12 @@ class GRPOTrainer(Trainer):
                 print(" | ".join(f"{k}: {v!r}" for k, v in row.items()))
 
 
+def _nan_extreme(values: torch.Tensor, extreme) -> float:
+    """``extreme`` (torch.min or torch.max) of the non-NaN values; NaN if there are none."""
+    values = values[~values.isnan()]
+    return extreme(values).item() if values.numel() else float("nan")
+
+
 def _pad_floats(values: list, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(v) for v in values)
     out = torch.zeros((len(values), width), dtype=torch.float32)
@@ -512,10 +541,12 @@ def _pad_floats(values: list, device) -> tuple[torch.Tensor, torch.Tensor]:
     return out.to(device), None
 
 
-def shuffle_rows(batch: dict, seed: int) -> dict:
-    """The batch's rows in a random order (the same for every tensor), reproducible from ``seed``."""
+def shuffle_rows(batch: dict, seed: int | None) -> dict:
+    """The batch's rows in a random order (the same for every tensor), reproducible from ``seed`` (None: drawn
+    from torch's global RNG)."""
     rows = next(iter(batch.values())).shape[0]
-    order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed)).to(next(iter(batch.values())).device)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    order = torch.randperm(rows, generator=generator).to(next(iter(batch.values())).device)
     return {key: value[order] for key, value in batch.items()}
 
 

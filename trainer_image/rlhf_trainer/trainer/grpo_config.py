@@ -12,7 +12,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo")
+from rlhf_trainer.trainer.grpo_loss import LOSS_TYPES
 
 
 @dataclass
@@ -113,11 +113,12 @@ class GRPOConfig(TrainingArguments):
         default=1.05, metadata={"help": "SAPO gate temperature for tokens with non-positive advantages."})
     sapo_temperature_pos: float = field(
         default=1.0, metadata={"help": "SAPO gate temperature for tokens with positive advantages."})
-    vespo_k_pos: float = field(default=2.0, metadata={"help": "VESPO k for positive advantages (vespo is not "
-                                                              "available in this trainer)."})
-    vespo_lambda_pos: float = field(default=3.0, metadata={"help": "VESPO λ for positive advantages."})
-    vespo_k_neg: float = field(default=3.0, metadata={"help": "VESPO k for negative advantages."})
-    vespo_lambda_neg: float = field(default=2.0, metadata={"help": "VESPO λ for negative advantages."})
+    vespo_k_pos: float = field(default=2.0, metadata={"help": "VESPO's power k for A >= 0: how hard sequences "
+                                                              "with an importance ratio below 1 are down-weighted."})
+    vespo_lambda_pos: float = field(default=3.0, metadata={"help": "VESPO's decay λ for A >= 0: how hard ratios "
+                                                                   "above 1 are down-weighted."})
+    vespo_k_neg: float = field(default=3.0, metadata={"help": "VESPO's power k for A < 0."})
+    vespo_lambda_neg: float = field(default=2.0, metadata={"help": "VESPO's decay λ for A < 0."})
     importance_sampling_level: str = field(
         default="token", metadata={"help": "'token': one importance ratio per token; 'sequence': the mean log "
                                            "ratio of each sequence (GSPO)."})
@@ -165,6 +166,13 @@ class GRPOConfig(TrainingArguments):
     use_bias_correction_kl: bool = field(
         default=True, metadata={"help": "Multiply the KL term by the importance ratio (unbiased reverse-KL "
                                         "gradient; changes the gradient even on-policy)."})
+
+    reproduce_trl: bool = field(
+        default=False, metadata={"help": "TRL 1.16's numbers exactly, undoing this trainer's corrections: no "
+                                         "position ids in scoring (left padding shifts absolute positions), TRL's "
+                                         "means and deviations of rewards (an all-equal group can get a tiny "
+                                         "advantage), the reference reloaded from the policy's config path, "
+                                         "batches shuffled from the global RNG."})
 
     # Logging
     log_completions: bool = field(
@@ -214,10 +222,6 @@ class GRPOConfig(TrainingArguments):
                     f"of the generations per eval prompt ({generations}): set per_device_eval_batch_size")
 
     def _check_choices(self) -> None:
-        if self.loss_type == "vespo":
-            raise ValueError(
-                "loss_type='vespo' is not available in this trainer: its gamma weighting is not specified exactly "
-                f"enough to reproduce. Use one of {', '.join(LOSS_TYPES)}")
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r}: use one of {', '.join(LOSS_TYPES)}")
         if self.scale_rewards not in ("group", "batch", "none"):

@@ -8,12 +8,14 @@ the trainer passes the one cross-process number a loss needs (dapo's window norm
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 CLIPPED_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
-LOSS_TYPES = (*CLIPPED_LOSSES, "cispo", "sapo")
+WINDOW_LOSSES = ("dapo", "cispo", "vespo")  # normalised by the accumulation window's token count
+LOSS_TYPES = (*CLIPPED_LOSSES, "cispo", "sapo", "vespo")
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -60,6 +62,21 @@ def sapo_term(ratio: torch.Tensor, advantages: torch.Tensor, temperature_pos: fl
     a = advantages[:, None]
     tau = torch.where(a > 0, temperature_pos, temperature_neg).to(ratio.dtype)
     return -a * 4 * torch.sigmoid(tau * (ratio - 1)) / tau
+
+
+@torch.no_grad()
+def vespo_weights(log_ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, k_pos: float,
+                  lambda_pos: float, k_neg: float, lambda_neg: float) -> torch.Tensor:
+    """VESPO's sequence weight, [B, 1], no gradient: the gamma shape ``φ(w) = e^λ · w^k · e^(-λw)`` (φ(1) = 1) of
+    the sequence's importance ratio ``w = exp(Σ_t log ρ_t)``; (k, λ) by the sign of A (A >= 0: the ``pos``
+    pair). Per-token log ratios are clamped to ±20 and log w to [log 1e-8, 20], as TRL 1.16 does; a non-finite
+    φ counts 0."""
+    seq_log_ratio = (log_ratio.clamp(-20.0, 20.0) * mask).sum(-1, keepdim=True)
+    log_w = seq_log_ratio.clamp(math.log(1e-8), 20.0)
+    positive = advantages[:, None] >= 0
+    k = torch.where(positive, k_pos, k_neg)
+    lam = torch.where(positive, lambda_pos, lambda_neg).clamp(min=1e-4)
+    return torch.exp(lam + k * log_w - lam * log_w.exp()).nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def k3_kl(ref_logps: torch.Tensor, logps: torch.Tensor) -> torch.Tensor:
@@ -119,6 +136,10 @@ class LossSettings:
     sapo_temperature_neg: float = 1.05
     max_completion_length: int = 512
     off_policy_mask_threshold: float | None = None
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
 
 
 @dataclass
@@ -130,6 +151,7 @@ class LossOutput:
     clipped_ratio: torch.Tensor  # ρ' (after delta), same shape
     kl: torch.Tensor | None  # [B, T], as added to the loss (× ρ when bias-corrected)
     off_policy_mask: torch.Tensor | None  # [B, 1]
+    vespo_weights: torch.Tensor | None = None  # [B, 1]
 
 
 def off_policy_sequence_mask(behaviour_logps: torch.Tensor, logps: torch.Tensor, advantages: torch.Tensor,
@@ -157,12 +179,17 @@ def grpo_loss(settings: LossSettings, logps: torch.Tensor, old_logps: torch.Tens
     log_ratio = log_importance_ratio(logps, old, mask, s.importance_sampling_level)
     ratio = torch.exp(log_ratio)
     clipped_ratio = ratio.clamp(max=s.delta) if s.delta is not None else ratio
+    phi = None
     if s.loss_type in CLIPPED_LOSSES:
         per_token = clipped_surrogate(ratio, advantages, s.epsilon_low, s.epsilon_high, s.delta)
     elif s.loss_type == "cispo":
         per_token = cispo_term(ratio, advantages, logps, s.epsilon_high)
     elif s.loss_type == "sapo":
         per_token = sapo_term(ratio, advantages, s.sapo_temperature_pos, s.sapo_temperature_neg)
+    elif s.loss_type == "vespo":  # weights from the token log ratios whatever importance_sampling_level says
+        phi = vespo_weights(logps - old, advantages, mask, s.vespo_k_pos, s.vespo_lambda_pos, s.vespo_k_neg,
+                            s.vespo_lambda_neg)
+        per_token = -phi * advantages[:, None] * logps
     else:
         raise ValueError(f"loss_type={s.loss_type!r}: use one of {', '.join(LOSS_TYPES)}")
     per_token = per_token.expand_as(logps)
@@ -192,13 +219,13 @@ def grpo_loss(settings: LossSettings, logps: torch.Tensor, old_logps: torch.Tens
         loss = token_mean_loss(per_token, mask)
     elif s.loss_type == "dr_grpo":
         loss = constant_length_loss(per_token, mask, s.max_completion_length)
-    elif s.loss_type in ("dapo", "cispo"):
+    elif s.loss_type in WINDOW_LOSSES:
         loss = window_token_loss(per_token, mask, window_normaliser)
     else:  # luspo
         loss = sequence_sum_loss(per_token, mask)
-    if s.loss_type not in ("dapo", "cispo"):  # dapo's window normaliser already spans the accumulation
+    if s.loss_type not in WINDOW_LOSSES:  # the window normaliser already spans the accumulation
         loss = loss / accumulation
-    return LossOutput(loss, ratio, clipped_ratio, kl, off_policy)
+    return LossOutput(loss, ratio, clipped_ratio, kl, off_policy, phi)
 
 
 def high_entropy_mask(entropies: torch.Tensor, mask: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
