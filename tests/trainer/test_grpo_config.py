@@ -41,7 +41,6 @@ def test_scale_rewards_booleans(tmp_path):
     ({"per_device_train_batch_size": 6, "num_generations": 4}, "not a multiple of num_generations"),
     ({"generation_batch_size": 16, "steps_per_generation": 2}, "not both"),
     ({"per_device_train_batch_size": 8, "generation_batch_size": 12}, "multiple of per_device_train_batch_size"),
-    ({"loss_type": "vespo"}, "not available"),
     ({"loss_type": "ppo"}, "use one of grpo"),
     ({"scale_rewards": "std"}, "'group'"),
     ({"use_vllm": True}, "vLLM"),
