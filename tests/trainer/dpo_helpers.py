@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from rlhf_trainer import DPOConfig, DPOTrainer
+from rlhf_trainer.data import load_builtin
 
 PAIRS = [
     {"prompt": "The acting", "chosen": " was wonderful.", "rejected": " was dull."},
@@ -42,3 +43,11 @@ def completion_logps(model, tokenizer, prompt: str, completion: str) -> torch.Te
     ids = torch.tensor([tokenizer(prompt + completion)["input_ids"]])
     log_probs = F.log_softmax(model(input_ids=ids).logits.float(), -1)
     return sum(log_probs[0, t - 1, ids[0, t]] for t in range(len(prompt_ids), ids.shape[1]))
+
+
+def conversational_pairs(count: int) -> list[dict]:
+    """The first ``count`` built-in movie preferences as chat messages."""
+    return [{"prompt": [{"role": "user", "content": f"Review: {row['prompt']}"}],
+             "chosen": [{"role": "assistant", "content": row["chosen"].strip()}],
+             "rejected": [{"role": "assistant", "content": row["rejected"].strip()}]}
+            for row in load_builtin("movie-preferences")[:count]]
