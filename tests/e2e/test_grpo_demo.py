@@ -17,8 +17,8 @@ def test_the_checkers_held_out_reward_rises_clearly(results, seed):
     metrics = results[seed]["metrics"]
     print(f"seed {seed}: exact {metrics['reversal_exactBefore']:.3f} -> {metrics['reversal_exactAfter']:.3f}, "
           f"digits {metrics['reversal_digitsBefore']:.3f} -> {metrics['reversal_digitsAfter']:.3f}")
-    # exact answers: at least 10 points more of them, and at least 70% right (measured: 0.64 -> 0.81, 0.63 -> 0.82,
-    # 0.01 -> 0.74 on seeds 0, 1, 2)
+    # exact answers: at least 10 points more of them, and at least 70% right (measured: 0.64 -> 0.81, 0.62 -> 0.81,
+    # 0.00 -> 0.76 on seeds 0, 1, 2)
     assert metrics["reversal_exactAfter"] >= metrics["reversal_exactBefore"] + 0.1, metrics
     assert metrics["reversal_exactAfter"] >= 0.7, metrics
     assert metrics["rewardAfter"] > metrics["rewardBefore"], metrics
