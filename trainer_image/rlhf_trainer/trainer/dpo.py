@@ -19,15 +19,12 @@ states through the LM head, and ``precompute_ref_log_probs`` runs the reference 
 
 from __future__ import annotations
 
-import json
 import os
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback, set_seed
 
@@ -53,8 +50,8 @@ from rlhf_trainer.trainer.utils import (
     Reference,
     disable_dropout_in_model,
     is_peft_model,
-    load_causal_lm,
     load_processing_class,
+    load_trained_model,
 )
 
 
@@ -197,7 +194,7 @@ class DPOTrainer(Trainer):
             raise ValueError("DPOTrainer needs a train_dataset of preference pairs (prompt / chosen / rejected)")
         check_loss_settings(args)
         set_seed(args.seed)  # before adapters are initialised
-        model = _load_model(model, args, quantization_config)
+        model = load_trained_model(model, args.model_init_kwargs, args.trust_remote_code, quantization_config)
         if ref_model is not None and ref_model is model:
             raise ValueError("model and ref_model must not be the same object: pass ref_model=None for a frozen copy "
                              "of the model as constructed")
@@ -482,20 +479,3 @@ class DPOTrainer(Trainer):
         reference = self.accelerator.unwrap_model(self.reference.module)
         for ref_param, param in zip(reference.parameters(), policy.parameters(), strict=True):
             ref_param.mul_(1 - alpha).add_(param.detach().to(ref_param.dtype), alpha=alpha)
-
-
-def _load_model(model, args: DPOConfig, quantization_config) -> nn.Module:
-    if not isinstance(model, str | os.PathLike):
-        if args.model_init_kwargs is not None:
-            warnings.warn("model_init_kwargs are ignored: the model is already loaded", UserWarning, stacklevel=3)
-        if quantization_config is not None:
-            raise ValueError("quantization_config applies only when model is a hub id or path, not a loaded model")
-        return model
-    kwargs = args.model_init_kwargs or {}
-    kwargs = dict(json.loads(kwargs) if isinstance(kwargs, str) else kwargs)
-    if quantization_config is not None:
-        if "quantization_config" in kwargs:
-            raise ValueError("quantization_config is given both to the trainer and in model_init_kwargs: keep one")
-        kwargs["quantization_config"] = quantization_config
-    kwargs.setdefault("trust_remote_code", args.trust_remote_code)
-    return load_causal_lm(model, kwargs)

@@ -41,12 +41,14 @@ from rlhf_trainer.trainer.inputs import prepare_datasets
 from rlhf_trainer.trainer.rollout import TransformersRollout, sampling_kwargs
 from rlhf_trainer.trainer.utils import (
     Reference,
+    cast_lm_head_to_fp32,
     disable_dropout_in_model,
     entropy_from_logits,
     has_dropout,
     is_peft_model,
     load_causal_lm,
     load_processing_class,
+    load_trained_model,
     selective_log_softmax,
 )
 
@@ -73,19 +75,27 @@ class GRPOTrainer(Trainer):
 
     _tag_names = ["grpo"]
 
-    def __init__(self, model, reward_funcs, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
-                 peft_config=None, rollout_func=None, rollout_engine=None):
+    def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, reward_processing_classes=None, callbacks=None,
+                 optimizers=(None, None), quantization_config=None, peft_config=None, tools=None, rollout_func=None,
+                 environment_factory=None, *, rollout_engine=None):
         if args is None:
             name = model if isinstance(model, str) else model.config._name_or_path
             args = GRPOConfig(f"{str(name).split('/')[-1]}-GRPO")
         if not isinstance(args, GRPOConfig):
             raise TypeError(f"args must be a GRPOConfig, not {type(args).__name__}")
+        for name, value in (("tools", tools), ("environment_factory", environment_factory)):
+            if value is not None:
+                raise ValueError(f"{name}: agent training with tool calls and environments is not available in this "
+                                 "trainer; score completions with reward_funcs, or generate them with rollout_func")
+        if reward_funcs is None:
+            raise ValueError("reward_funcs: no reward source given; pass a reward function, a reward model (hub id, "
+                             "path or model) or a list of them")
         set_seed(args.seed)  # before adapters (and any new weights) are initialised
         model_init_kwargs = dict(_json_dict(args.model_init_kwargs) or {})
         if isinstance(model, str) and args.trust_remote_code:
             model_init_kwargs.setdefault("trust_remote_code", True)
-        model = load_causal_lm(model, model_init_kwargs or None)
+        model = load_trained_model(model, args.model_init_kwargs, args.trust_remote_code, quantization_config)
         processing_class = load_processing_class(model, processing_class, padding_side="left")
         self.tokenizer_ = getattr(processing_class, "tokenizer", processing_class)
         passed_peft = is_peft_model(model)
@@ -119,6 +129,10 @@ class GRPOTrainer(Trainer):
             if args.reproduce_trl and not is_peft_model(model):  # TRL loads the reference from the policy's path
                 reloaded = load_causal_lm(model.config._name_or_path, model_init_kwargs or None)
             self.reference = Reference.of(model, ref_model=reloaded, trained_adapter=passed_peft)
+        if args.cast_lm_head_to_fp32:
+            cast_lm_head_to_fp32(model)
+            if self.reference is not None and self.reference.is_separate_model:
+                cast_lm_head_to_fp32(self.reference.module)
         if args.sync_ref_model and (self.reference is None or not self.reference.is_separate_model):
             raise ValueError("sync_ref_model=True needs a reference model of its own: it is off when beta == 0 and "
                              "the adapters-off base under PEFT; set sync_ref_model=False")
@@ -268,14 +282,15 @@ class GRPOTrainer(Trainer):
         device = self.accelerator.device
         prompts = [row["prompt"] for row in rows]
         rollout, extras = self._rollout(prompts, mode, index)
-        prompt_ids, prompt_mask = pad(rollout["prompt_ids"], self.pad_token_id, "left")
+        multiple = self.args.pad_to_multiple_of if isinstance(self.args.pad_to_multiple_of, int) else None
+        prompt_ids, prompt_mask = pad(rollout["prompt_ids"], self.pad_token_id, "left", multiple)
         completion_lists = [list(c) for c in rollout["completion_ids"]]
-        completion_ids, completion_mask = pad(completion_lists, self.pad_token_id, "right")
+        completion_ids, completion_mask = pad(completion_lists, self.pad_token_id, "right", multiple)
         ends = {*self.eos_token_ids, self.pad_token_id}
         truncated = torch.tensor([not c or c[-1] not in ends for c in completion_lists])
         env_mask = None
         if rollout.get("env_mask") is not None:
-            env_mask, _ = pad(rollout["env_mask"], 0, "right")
+            env_mask, _ = pad(rollout["env_mask"], 0, "right", multiple)
         # the lengths logged are what was generated (model tokens), before truncated completions are masked
         generated = (completion_mask if env_mask is None else completion_mask * env_mask).sum(1).to(device)
         if self.args.mask_truncated_completions:
@@ -285,7 +300,7 @@ class GRPOTrainer(Trainer):
                  "completion_ids": completion_ids.to(device), "completion_mask": completion_mask.to(device),
                  "loss_mask": loss_mask.float().to(device)}
         if rollout.get("logprobs") is not None:
-            batch["sampling_logps"], _ = _pad_floats(rollout["logprobs"], device)
+            batch["sampling_logps"] = _pad_floats(rollout["logprobs"], completion_ids.shape[1], device)
 
         with torch.no_grad():
             if self.needs_old_logps and mode == "train":
@@ -485,7 +500,7 @@ class GRPOTrainer(Trainer):
         if mode == "train":
             tokens = gather((prompt_mask.sum().to(device) + generated.sum())[None]).sum().item()
             self.state.num_input_tokens_seen += int(tokens)
-            metrics["num_tokens"] = [self.state.num_input_tokens_seen]
+        metrics["num_tokens"] = [self.state.num_input_tokens_seen]  # in evaluation: the training count so far
         metrics["completions/mean_length"].append(lengths.mean().item())
         metrics["completions/min_length"].append(lengths.min().item())
         metrics["completions/max_length"].append(lengths.max().item())
@@ -522,9 +537,19 @@ class GRPOTrainer(Trainer):
         super().log({**logs, **averaged}, start_time)
         self._metrics[mode].clear()
         if self.args.log_completions and self._completions_log and mode == "train":
-            shown = self._completions_log[:self.args.num_completions_to_print or len(self._completions_log)]
+            shown = self._completions_log
+            if self.args.log_unique_prompts:
+                shown = _first_per_prompt(shown)
+            shown = shown[:self.args.num_completions_to_print or len(shown)]
             for row in shown:
                 print(" | ".join(f"{k}: {v!r}" for k, v in row.items()))
+
+
+def _first_per_prompt(rows: list[dict]) -> list[dict]:
+    firsts = {}
+    for row in rows:
+        firsts.setdefault(repr(row["prompt"]), row)
+    return list(firsts.values())
 
 
 def _nan_extreme(values: torch.Tensor, extreme) -> float:
@@ -533,12 +558,11 @@ def _nan_extreme(values: torch.Tensor, extreme) -> float:
     return extreme(values).item() if values.numel() else float("nan")
 
 
-def _pad_floats(values: list, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(v) for v in values)
+def _pad_floats(values: list, width: int, device) -> torch.Tensor:
     out = torch.zeros((len(values), width), dtype=torch.float32)
     for i, v in enumerate(values):
         out[i, :len(v)] = torch.as_tensor(v, dtype=torch.float32)
-    return out.to(device), None
+    return out.to(device)
 
 
 def shuffle_rows(batch: dict, seed: int | None) -> dict:

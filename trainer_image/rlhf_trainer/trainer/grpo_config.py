@@ -45,6 +45,14 @@ class GRPOConfig(TrainingArguments):
     disable_dropout: bool = field(
         default=False, metadata={"help": "Switch dropout off in the model, so that log-probs of the same input "
                                          "agree pass to pass (ratio and KL are noisy with dropout on)."})
+    cast_lm_head_to_fp32: bool = field(
+        default=False, metadata={"help": "Run the policy's and reference's output layer in float32 (ScaleRL); "
+                                         "needs an output layer not tied to the input embeddings."})
+    router_aux_loss_coef: float | None = field(
+        default=None, metadata={"help": "Weight of a Mixture-of-Experts model's load-balancing loss (not added by "
+                                        "this trainer: leave None)."})
+    ds3_gather_for_generation: bool = field(
+        default=True, metadata={"help": "DeepSpeed ZeRO-3 only: gather the full weights to generate."})
 
     # Data and generation
     num_generations: int | None = field(
@@ -55,6 +63,9 @@ class GRPOConfig(TrainingArguments):
     max_completion_length: int | None = field(
         default=512, metadata={"help": "Maximum length of a generated completion, in tokens."})
     shuffle_dataset: bool | None = field(default=True, metadata={"help": "Whether to shuffle the training dataset."})
+    pad_to_multiple_of: int | str | None = field(
+        default="auto", metadata={"help": "Pad prompt and completion ids to a multiple of this many tokens; "
+                                          "'auto': no padding (TRL pads to 128 only on AWS Neuron)."})
     generation_batch_size: int | None = field(
         default=None, metadata={"help": "Completions per generation (all processes). None: "
                                         "`per_device_train_batch_size * num_processes * steps_per_generation`."})
@@ -95,6 +106,32 @@ class GRPOConfig(TrainingArguments):
         default=3.0, metadata={"help": "With vLLM: upper bound C_max of the importance-sampling ratio."})
     vllm_importance_sampling_clip_min: float | None = field(
         default=None, metadata={"help": "With vLLM: lower bound C_min of the importance-sampling ratio."})
+    vllm_importance_sampling_cap: float | None = field(
+        default=None, metadata={"help": "Deprecated name of vllm_importance_sampling_clip_max."})
+    vllm_mode: str = field(default="colocate", metadata={"help": "With vLLM: 'colocate' or 'server'."})
+    vllm_model_impl: str = field(default="vllm", metadata={"help": "With vLLM: 'vllm' or 'transformers'."})
+    vllm_enable_sleep_mode: bool = field(default=False, metadata={"help": "With vLLM: sleep between generations."})
+    vllm_structured_outputs_regex: str | None = field(
+        default=None, metadata={"help": "With vLLM: a regex completions must match."})
+    vllm_server_base_url: str | None = field(default=None, metadata={"help": "With vLLM server mode: its URL."})
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "With vLLM server mode: its host."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "With vLLM server mode: its port."})
+    vllm_server_timeout: float = field(default=240.0, metadata={"help": "With vLLM server mode: seconds to wait."})
+    vllm_group_port: int = field(default=51216, metadata={"help": "With vLLM server mode: the weight-sync port."})
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "With vLLM colocated: its share of GPU memory."})
+    vllm_max_model_length: int | None = field(default=None, metadata={"help": "With vLLM: its context length."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "With vLLM colocated: tensor parallel size."})
+
+    # Other generation engines and tools (not available in this trainer: generation runs on the training model)
+    use_transformers_continuous_batching: bool = field(
+        default=False, metadata={"help": "Generate with transformers' continuous batching (not available here)."})
+    transformers_continuous_batching_config: dict | str | None = field(
+        default=None, metadata={"help": "With continuous batching: its `ContinuousBatchingConfig` keywords."})
+    use_transformers_paged: bool = field(
+        default=False, metadata={"help": "Deprecated name of use_transformers_continuous_batching."})
+    max_tool_calling_iterations: int | None = field(
+        default=None, metadata={"help": "With tools: the most tool-calling turns per completion."})
 
     # Training
     beta: float = field(
@@ -179,6 +216,12 @@ class GRPOConfig(TrainingArguments):
         default=False, metadata={"help": "Print a sample of (prompt, completion, rewards) at every log."})
     num_completions_to_print: int | None = field(
         default=None, metadata={"help": "How many completions to print; None: all."})
+    log_unique_prompts: bool = field(
+        default=False, metadata={"help": "Print each prompt's first completion only."})
+    log_multimodal: bool = field(
+        default=True, metadata={"help": "Log images with completions (text-only here: no effect)."})
+    log_completions_hub_repo: str | None = field(
+        default=None, metadata={"help": "A Hub dataset repository to push completions to (not available here)."})
 
     def __post_init__(self):
         if self.bf16 is None:
@@ -236,9 +279,22 @@ class GRPOConfig(TrainingArguments):
             raise ValueError(f"top_entropy_quantile={self.top_entropy_quantile}: use a value in [0, 1]")
         if self.num_iterations < 1:
             raise ValueError(f"num_iterations={self.num_iterations}: use 1 or more")
-        if self.use_vllm:
-            raise ValueError("use_vllm=True: generation with vLLM is not available in this trainer yet; leave it "
-                             "False (generation runs on the training model)")
+        engines = {"use_vllm": "vLLM", "use_transformers_continuous_batching": "transformers' continuous batching",
+                   "use_transformers_paged": "transformers' continuous batching"}
+        for name, engine in engines.items():
+            if getattr(self, name):
+                raise ValueError(f"{name}=True: generation with {engine} is not available in this trainer; leave it "
+                                 "False (generation runs on the training model)")
+        if self.log_completions_hub_repo is not None:
+            raise ValueError("log_completions_hub_repo: pushing completions to the Hub is not available in this "
+                             "trainer; leave it None (log_completions prints them)")
+        if self.router_aux_loss_coef is not None:
+            raise ValueError("router_aux_loss_coef: this trainer does not add a Mixture-of-Experts load-balancing "
+                             "loss; leave it None")
+        if not (self.pad_to_multiple_of in ("auto", None) or
+                (isinstance(self.pad_to_multiple_of, int) and self.pad_to_multiple_of >= 1)):
+            raise ValueError(f"pad_to_multiple_of={self.pad_to_multiple_of!r}: use 'auto', None or a positive "
+                             "number of tokens")
         if self.auto_find_batch_size:
             raise ValueError("auto_find_batch_size=True would shrink the batch below whole prompt groups: set "
                              "the batch size yourself")

@@ -62,9 +62,13 @@ class RepeatSampler(Sampler[int]):
         return (self.num_rows // self.batch_size) * self.batch_size * self.mini_repeat_count * self.repeat_count
 
 
-def pad(sequences: Sequence[Sequence[int]], value: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token lists padded into [B, L] on the ``left`` or ``right``, and the 0/1 mask of real tokens."""
+def pad(sequences: Sequence[Sequence[int]], value: int, side: str,
+        multiple_of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists padded into [B, L] on the ``left`` or ``right`` (L rounded up to ``multiple_of`` when given),
+    and the 0/1 mask of real tokens."""
     width = max((len(s) for s in sequences), default=0)
+    if multiple_of:
+        width = -(-width // multiple_of) * multiple_of
     ids = torch.full((len(sequences), width), value, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, seq in enumerate(sequences):

@@ -9,8 +9,10 @@ frozen copy of a trained adapter, ``"ref"``), never a second full model.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 
 import torch
@@ -55,6 +57,40 @@ def load_causal_lm(model, model_init_kwargs: dict | None = None, auto_class=None
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)
     return auto_class.from_pretrained(str(model), dtype=dtype if dtype is not None else torch.float32, **kwargs)
+
+
+def load_trained_model(model, model_init_kwargs: dict | str | None, trust_remote_code: bool = False,
+                       quantization_config=None) -> nn.Module:
+    """The model a trainer trains: ``model`` itself, or loaded from a hub id or path with ``model_init_kwargs``
+    (a dict or its JSON) and the trainer's ``quantization_config``."""
+    if not isinstance(model, str | os.PathLike):
+        if model_init_kwargs is not None:
+            warnings.warn("model_init_kwargs are ignored: the model is already loaded", UserWarning, stacklevel=3)
+        if quantization_config is not None:
+            raise ValueError("quantization_config applies only when model is a hub id or path, not a loaded model")
+        return model
+    kwargs = model_init_kwargs or {}
+    kwargs = dict(json.loads(kwargs) if isinstance(kwargs, str) else kwargs)
+    if quantization_config is not None:
+        if "quantization_config" in kwargs:
+            raise ValueError("quantization_config is given both to the trainer and in model_init_kwargs: keep one")
+        kwargs["quantization_config"] = quantization_config
+    if trust_remote_code:
+        kwargs.setdefault("trust_remote_code", True)
+    return load_causal_lm(model, kwargs)
+
+
+def cast_lm_head_to_fp32(model: nn.Module) -> None:
+    """Run ``model``'s output layer in float32, its input cast up (ScaleRL's recipe): logits in fp32 whatever the
+    rest of the model computes in. Refused when the layer is tied to the input embeddings (casting one casts
+    both)."""
+    base = model.get_base_model() if is_peft_model(model) else model
+    if getattr(base.config, "tie_word_embeddings", False):
+        raise ValueError("cast_lm_head_to_fp32=True needs an output layer of its own, but this model ties it to the "
+                         "input embeddings (tie_word_embeddings=True)")
+    head = base.get_output_embeddings()
+    head.float()
+    head.register_forward_pre_hook(lambda module, args: (args[0].float(), *args[1:]))
 
 
 def load_processing_class(model: nn.Module, processing_class=None, padding_side: str | None = None):
