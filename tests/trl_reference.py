@@ -43,12 +43,15 @@ def start(script: Path, *args: str, library: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def run_both(script: Path, inputs: list[str], cases: dict, folder: Path) -> dict[str, Path]:
-    """Run a parity script over ``cases`` with each library, side by side (one process each): {library: folder}."""
+def run_both(script: Path, inputs: list[str], cases: dict | None, folder: Path) -> dict[str, Path]:
+    """Run a script with each library, side by side (one process each), over ``cases`` (a parity script) or
+    with ``inputs`` only: {library: its output folder}."""
     install()
-    cases_file = folder / "cases.json"
-    cases_file.write_text(json.dumps(cases))
-    processes = {library: start(script, library, *inputs, str(cases_file), str(folder / library), library=library)
+    if cases is not None:
+        cases_file = folder / "cases.json"
+        cases_file.write_text(json.dumps(cases))
+        inputs = [*inputs, str(cases_file)]
+    processes = {library: start(script, library, *inputs, str(folder / library), library=library)
                  for library in LIBRARIES}
     for library, process in processes.items():
         _, err = process.communicate(timeout=1200)
