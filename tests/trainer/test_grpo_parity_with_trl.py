@@ -28,6 +28,7 @@ CASES = {
                              gradient_accumulation_steps=2),
     "kl-without-bias-correction": dict(beta=0.1, use_bias_correction_kl=False, num_iterations=2),
     "steps_per_generation": dict(steps_per_generation=2, loss_type="bnpo", scale_rewards=False),
+    "pad_to_multiple_of": dict(pad_to_multiple_of=8, beta=0.02),
 }
 CASES_STEPS = 3  # max_steps of every case
 
