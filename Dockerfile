@@ -21,7 +21,7 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 # The operator: slim Python with the [operator] extra only.
 FROM python:${PYTHON_VERSION}-slim AS operator
 LABEL org.opencontainers.image.title="rlhf-operator" \
-      org.opencontainers.image.description="Kubernetes operator that runs RLHF pipelines (SFT, reward model, PPO) as Jobs" \
+      org.opencontainers.image.description="Kubernetes operator that runs RLHF pipelines (SFT, reward model, DPO, PPO, GRPO) as Jobs" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -52,7 +52,7 @@ RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu 
 # hadolint ignore=DL3006
 FROM torch-${TORCH} AS trainer
 LABEL org.opencontainers.image.title="rlhf-trainer" \
-      org.opencontainers.image.description="Stage runner of rlhf-operator: SFT, reward modelling and PPO" \
+      org.opencontainers.image.description="Stage runner of rlhf-operator: SFT, reward modelling, DPO, PPO and GRPO" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-# The issue's GPU shape (Qwen2.5-0.5B, random init) and a CPU-sized one of the same family and proportions.
+# The GPU shape (Qwen2.5-0.5B, random init) and a CPU-sized one of the same family and proportions.
 SHAPES = {
     "qwen0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                      intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True,
@@ -59,7 +59,7 @@ def documents(count: int, low: int, high: int, vocab_size: int, seed: int = 0) -
 
 
 def document_lengths(max_length: int) -> tuple[int, int]:
-    """The issue's documents of 60-560 words (~1.3 tokens a word) at max length 1024, scaled to ``max_length``."""
+    """Documents of 60-560 words (~1.3 tokens a word) at max length 1024, scaled to ``max_length``."""
     return max(2, 78 * max_length // 1024), 728 * max_length // 1024
 
 

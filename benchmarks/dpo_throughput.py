@@ -5,7 +5,7 @@
 
 Both trainers get the same random-init Qwen2 causal LM (saved to a directory, loaded from its path, so TRL's
 reference is a reload and ours a copy of the same weights), the same pairs (prompt, chosen and rejected each a
-random-token document like the issue's 60-560-word ones, scaled to --max-length; a word-level tokenizer maps
+random-token document like the 60-560-word ones of the other benchmarks, scaled to --max-length; a word-level tokenizer maps
 "t<id>" to id), the same batch, learning rate, fused AdamW and the default sigmoid loss with a live reference
 model. fp32 with bf16 off on both: DPOConfig turns bf16 on by default, which on a CPU without native bf16 is many
 times slower and nobody trains that way; on GPU --device cuda turns bf16 on for both. Gradient checkpointing is

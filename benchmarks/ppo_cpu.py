@@ -1,7 +1,7 @@
 """The PPO seed loop (generate, score, step) with our trainer and, side by side, TRL 0.11.4 (TRL v0.7's API).
 
     python benchmarks/ppo_cpu.py                                  # CPU: tiny GPT-2, as recorded in README.md
-    python benchmarks/ppo_cpu.py --device cuda --shape qwen0.5b   # GPU: the issue's model, 64 x 128 tokens
+    python benchmarks/ppo_cpu.py --device cuda --shape qwen0.5b   # GPU: Qwen2.5-0.5B's shape, 64 x 128 tokens
     python benchmarks/ppo_cpu.py --no-trl                         # ours only
 
 A step is the whole of it: a rollout of --batch completions, the policy/reference/value passes and 4 PPO epochs

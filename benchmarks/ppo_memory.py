@@ -1,5 +1,5 @@
 """PPO memory: adapters-only (LoRA; the reference is the base model with adapters off) vs full fine-tuning with a
-full reference copy, on the same model and workload. The issue's target: adapters-only peak <= 0.6x full copy.
+full reference copy, on the same model and workload. The target: adapters-only peak <= 0.6x full copy.
 
     python benchmarks/ppo_memory.py                                  # CPU, tiny shape
     python benchmarks/ppo_memory.py --device cuda --shape qwen0.5b   # GPU: bf16 mixed precision, 64 x 128 tokens

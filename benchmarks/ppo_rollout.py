@@ -1,7 +1,7 @@
 """PPO rollout generation: tokens/s of HF ``generate`` vs our sampling loop, for the same batch and model.
 
     python benchmarks/ppo_rollout.py                                  # CPU, tiny shape
-    python benchmarks/ppo_rollout.py --device cuda --shape qwen0.5b   # the issue's GPU setting (64 x 128 tokens)
+    python benchmarks/ppo_rollout.py --device cuda --shape qwen0.5b   # the GPU setting (64 x 128 tokens)
 
 Every run samples (top_k 0, top_p 1, as the PPO seed does) exactly --new-tokens tokens for each of --batch
 left-padded prompts (min_new_tokens = max_new_tokens, so no run stops early), from the same random-init Qwen2

@@ -1,10 +1,10 @@
 """Reward-model training throughput, ours vs TRL 1.16, side by side: pairs/s and peak memory.
 
     python benchmarks/reward_throughput.py                                  # CPU, tiny shape
-    python benchmarks/reward_throughput.py --device cuda --shape qwen0.5b   # the issue's GPU setting
+    python benchmarks/reward_throughput.py --device cuda --shape qwen0.5b   # the GPU setting
 
 Both trainers get the same random-init Qwen2 sequence classifier (one label), the same pre-tokenized pairs
-(chosen and rejected each like the issue's 60-560-word documents, scaled to --max-length), the same batch,
+(chosen and rejected each like 60-560-word documents, scaled to --max-length), the same batch,
 learning rate and fused AdamW, bf16 mixed precision on GPU (fp32 on CPU). TRL pads chosen and rejected into one
 batch; ours packs them (padding-free) and scores each text's last token. TRL runs from benchmarks/.venv-trl116
 (see sft_throughput.py for the install line).

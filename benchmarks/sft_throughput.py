@@ -1,9 +1,9 @@
 """SFT throughput, ours vs TRL 1.16, side by side: non-padding tokens/s and peak memory, packed and padded.
 
     python benchmarks/sft_throughput.py                                  # CPU, tiny shape
-    python benchmarks/sft_throughput.py --device cuda --shape qwen0.5b   # the issue's GPU setting
+    python benchmarks/sft_throughput.py --device cuda --shape qwen0.5b   # the GPU setting
 
-Both trainers get the same random-init Qwen2 model, the same pre-tokenized documents (the issue's 60-560 words,
+Both trainers get the same random-init Qwen2 model, the same pre-tokenized documents (60-560 words,
 scaled to --max-length), the same batch, learning rate and fused AdamW, bf16 mixed precision on GPU (fp32 on CPU).
 "packed": TRL's default packing (best-fit, padding-free rows) vs ours (best-fit rows of max length; padding-free
 with flash-attention); "padded": one document per row. TRL runs from benchmarks/.venv-trl116:
