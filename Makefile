@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-grpo demo-dpo test lint crd venv tools clean
+.PHONY: demo demo-grpo demo-dpo test test-fast lint crd venv tools clean
 
 # Every version from constraints.txt, the same set the images install. torch first, on its own: pinned, it is the
 # CPU build here; an unpinned torch would pull a multi-GB CUDA build.
@@ -31,6 +31,10 @@ demo-dpo: venv
 
 test: venv tools
 	$(BIN)/python -m pytest
+
+# The unit and operator tests without the slow ones (under 2 minutes here): the lane to run while editing.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow" tests/unit tests/operator
 
 lint: venv
 	$(BIN)/ruff check .
