@@ -45,6 +45,10 @@ step "2. Make the images available to the cluster"
 if [[ "${RLHF_E2E_LOAD:-}" == containerd ]]; then
     for image in "$OPERATOR_IMAGE:$TAG" "$TRAINER_IMAGE:$TAG"; do
         "$BUILD" save "$image" | ctr --namespace k8s.io images import -
+        # podman names an image without a registry localhost/NAME; the kubelet asks for docker.io/library/NAME
+        if [[ "$image" != */* ]] && ctr --namespace k8s.io images ls --quiet | grep -qx "localhost/$image"; then
+            ctr --namespace k8s.io images tag --force "localhost/$image" "docker.io/library/$image"
+        fi
     done
 elif [[ "$context" == kind-* ]]; then
     kind load docker-image --name "${context#kind-}" "$OPERATOR_IMAGE:$TAG" "$TRAINER_IMAGE:$TAG"
