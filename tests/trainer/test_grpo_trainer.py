@@ -223,7 +223,7 @@ def test_conversational_prompts_get_the_chat_template_and_assistant_messages(tin
 
     dataset = [{"prompt": [{"role": "user", "content": p}]} for p in PROMPTS]
     trainer = make_trainer(tiny_model("tiny-gpt2"), tmp_path, reward_funcs=record, dataset=dataset, max_steps=1)
-    assert trainer._prompt_token_ids(dataset[0]["prompt"]) == trainer.processing_class.apply_chat_template(
+    assert trainer._prompt_token_ids([dataset[0]["prompt"]])[0] == trainer.processing_class.apply_chat_template(
         dataset[0]["prompt"], add_generation_prompt=True, tokenize=True)["input_ids"]
     trainer.train()
     prompt, completion = seen[0]

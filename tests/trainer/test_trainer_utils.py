@@ -9,7 +9,6 @@ from rlhf_trainer.trainer.reward import RewardConfig, RewardTrainer
 from rlhf_trainer.trainer.utils import (
     Reference,
     disable_dropout_in_model,
-    entropy_from_logits,
     has_dropout,
     load_causal_lm,
     load_processing_class,
@@ -105,11 +104,15 @@ def test_selective_log_softmax_and_entropy_match_the_full_softmax():
     labels = torch.randint(0, 7, (3, 5))
     for temperature in (1.0, 0.7):
         full = (logits / temperature).log_softmax(-1)
-        expected = full.gather(-1, labels[..., None]).squeeze(-1)
-        got = selective_log_softmax(logits, labels, temperature)
-        assert torch.allclose(got, expected, atol=1e-6)
-        assert torch.allclose(entropy_from_logits(logits.detach(), temperature),
-                              -(full.exp() * full).sum(-1).detach(), atol=1e-6)
-    grad, = torch.autograd.grad(selective_log_softmax(logits, labels).sum(), logits)
+        logps, entropies = selective_log_softmax(logits, labels, temperature, with_entropy=True)
+        assert torch.allclose(logps, full.gather(-1, labels[..., None]).squeeze(-1), atol=1e-6)
+        assert torch.allclose(entropies, -(full.exp() * full).sum(-1), atol=1e-6)
+        assert not entropies.requires_grad
+    logps, entropies = selective_log_softmax(logits, labels, with_entropy=True, entropy_grad=True)
+    grad, = torch.autograd.grad(logps.sum(), logits, retain_graph=True)
     expected_grad, = torch.autograd.grad(logits.log_softmax(-1).gather(-1, labels[..., None]).sum(), logits)
+    assert torch.allclose(grad, expected_grad, atol=1e-6)
+    grad, = torch.autograd.grad(entropies.sum(), logits)
+    full = logits.log_softmax(-1)
+    expected_grad, = torch.autograd.grad(-(full.exp() * full).sum(), logits)
     assert torch.allclose(grad, expected_grad, atol=1e-6)

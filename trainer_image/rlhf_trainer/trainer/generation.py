@@ -108,7 +108,6 @@ def inverse_cdf_draw(probs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(1)
 
 
-@torch.no_grad()
 def sample_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   settings: SamplingSettings, cache: str = "dynamic", compile: bool = False,
                   draw: str = "multinomial") -> torch.Tensor:
@@ -118,6 +117,14 @@ def sample_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     (preallocated; fixed shapes per step). ``compile`` compiles the decoding step, with a static cache. ``draw``:
     see `next_tokens`.
     """
+    # Inference mode skips autograd's bookkeeping that no_grad still does (a tenth of a small model's decoding
+    # time on a CPU); the clone, made outside it, is a tensor that training may use as input.
+    with torch.inference_mode():
+        tokens = _sample(model, input_ids, attention_mask, settings, cache, compile, draw)
+    return tokens.clone()
+
+
+def _sample(model, input_ids, attention_mask, settings, cache, compile, draw) -> torch.Tensor:
     from transformers import DynamicCache, StaticCache
 
     if compile:  # each new shape is a new compilation: pad prompts on the left to a multiple of COMPILE_BUCKET
@@ -139,6 +146,7 @@ def sample_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
     logits = model(input_ids=input_ids, attention_mask=mask if static else mask[:, :prompt_length],
                    position_ids=positions, use_cache=True, logits_to_keep=1, **{cache_argument: kv}).logits[:, -1]
     step = _decode_step(model, compile)
+    decode_mask = _decode_masks(model, mask, static)
     eos = torch.tensor(settings.eos_token_ids, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     position = positions[:, -1:]
@@ -153,8 +161,25 @@ def sample_tokens(model: nn.Module, input_ids: torch.Tensor, attention_mask: tor
             break
         position = position + 1
         length = prompt_length + index + 1
-        logits = step(token[:, None], mask if static else mask[:, :length], position, kv)
+        logits = step(token[:, None], decode_mask(length), position, kv)
     return torch.stack(tokens, 1)
+
+
+def _decode_masks(model: nn.Module, mask: torch.Tensor, static: bool):
+    """The attention mask of the decoding step that has ``length`` keys. A one-token query under full causal
+    attention sees every earlier key, so for SDPA the 4D mask is the padding mask itself: given ready-made, it
+    spares the model building a causal mask for every token. Sliding windows, other attention kernels and the
+    static cache (whose keys include unwritten slots) get the 2D mask and the model's own masking."""
+    config = model.config
+    full_attention = (getattr(config, "sliding_window", None) is None
+                      and getattr(config, "attention_chunk_size", None) is None
+                      and all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or ()))
+    if static:
+        return lambda length: mask
+    if config._attn_implementation != "sdpa" or not full_attention:
+        return lambda length: mask[:, :length]
+    keys = mask.bool()[:, None, None, :]
+    return lambda length: keys[..., :length]
 
 
 def _decode_step(model: nn.Module, compile: bool):

@@ -43,7 +43,6 @@ from rlhf_trainer.trainer.utils import (
     Reference,
     cast_lm_head_to_fp32,
     disable_dropout_in_model,
-    entropy_from_logits,
     has_dropout,
     is_peft_model,
     load_causal_lm,
@@ -345,15 +344,17 @@ class GRPOTrainer(Trainer):
                     raise ValueError(f"rollout_func returned {len(output[key])} {key} for {len(prompts)} prompts: "
                                      "give one per prompt")
             return output, {k: v for k, v in output.items() if k not in ROLLOUT_KEYS}
-        prompt_ids = [self._prompt_token_ids(p) for p in prompts]
+        prompt_ids = self._prompt_token_ids(prompts)
         completion_ids = self.rollout_engine.generate(prompt_ids, self._seed(mode, index))
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}, {}
 
-    def _prompt_token_ids(self, prompt) -> list[int]:
-        if is_conversational(prompt):
+    def _prompt_token_ids(self, prompts: list) -> list[list[int]]:
+        """The token ids of each prompt (conversations through the chat template), in one tokenizer call."""
+        if prompts and is_conversational(prompts[0]):
             kwargs = _json_dict(self.args.chat_template_kwargs) or {}
-            prompt = self.tokenizer_.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False, **kwargs)
-        return self.tokenizer_(prompt, add_special_tokens=False)["input_ids"]
+            prompts = [self.tokenizer_.apply_chat_template(p, add_generation_prompt=True, tokenize=False, **kwargs)
+                       for p in prompts]
+        return self.tokenizer_(prompts, add_special_tokens=False)["input_ids"] if prompts else []
 
     def _decode(self, prompts: list, completion_ids: list[list[int]]) -> list:
         texts = self.tokenizer_.batch_decode(completion_ids, skip_special_tokens=True)
@@ -375,12 +376,8 @@ class GRPOTrainer(Trainer):
             positions = None
         logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False,
                        logits_to_keep=width + 1).logits[:, :-1]
-        temperature = self.args.temperature
-        logps = selective_log_softmax(logits, batch["completion_ids"], temperature)
-        entropies = None
-        if with_entropy:
-            entropies = entropy_from_logits(logits if self._entropy_bonus_on else logits.detach(), temperature)
-        return logps, entropies
+        return selective_log_softmax(logits, batch["completion_ids"], self.args.temperature,
+                                     with_entropy=with_entropy, entropy_grad=self._entropy_bonus_on)
 
     def _score_batches(self, model, batch: dict) -> torch.Tensor:
         """`_score`'s log-probs of a whole generation batch, a training micro-batch's rows at a time."""

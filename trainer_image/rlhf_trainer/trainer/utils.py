@@ -180,30 +180,26 @@ def _frozen(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """``log_softmax(logits / temperature)`` at ``labels``, [..., V] -> [...], in fp32, one row block at a time so
-    that no second [..., V] tensor is built."""
+def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+                          with_entropy: bool = False, entropy_grad: bool = False
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``log_softmax(logits / temperature)`` at ``labels``, [..., V] -> [...], in fp32, and with ``with_entropy``
+    the entropy per position (differentiable with ``entropy_grad``, else detached). One row block at a time, so no
+    second [..., V] tensor is built; the entropy reuses the block's logsumexp (``lse - sum(p * x)``: one more
+    exponential per logit, where a separate log-softmax would take two)."""
     rows, vocab = logits.reshape(-1, logits.shape[-1]), logits.shape[-1]
     flat = labels.reshape(-1)
-    out = torch.empty(flat.shape, dtype=torch.float32, device=logits.device)
+    logps = torch.empty(flat.shape, dtype=torch.float32, device=logits.device)
+    entropies = torch.empty(flat.shape, dtype=torch.float32, device=logits.device) if with_entropy else None
     step = max(1, 2**22 // vocab)  # ~16 MiB of fp32 logits at a time
     for start in range(0, len(rows), step):
         block = rows[start:start + step].float()
         if temperature != 1.0:
             block = block / temperature
-        out[start:start + step] = block.gather(-1, flat[start:start + step, None]).squeeze(-1) - block.logsumexp(-1)
-    return out.view(labels.shape)
-
-
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of ``softmax(logits / temperature)`` per position, [..., V] -> [...], in fp32, by row blocks."""
-    rows, vocab = logits.reshape(-1, logits.shape[-1]), logits.shape[-1]
-    out = torch.empty(rows.shape[0], dtype=torch.float32, device=logits.device)
-    step = max(1, 2**22 // vocab)
-    for start in range(0, len(rows), step):
-        block = rows[start:start + step].float()
-        if temperature != 1.0:
-            block = block / temperature
-        log_p = block.log_softmax(-1)
-        out[start:start + step] = -(log_p.exp() * log_p).sum(-1)
-    return out.view(logits.shape[:-1])
+        lse = block.logsumexp(-1)
+        logps[start:start + step] = block.gather(-1, flat[start:start + step, None]).squeeze(-1) - lse
+        if with_entropy:
+            with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                x, x_lse = (block, lse) if entropy_grad else (block.detach(), lse.detach())
+                entropies[start:start + step] = x_lse - ((x - x_lse[:, None]).exp() * x).sum(-1)
+    return logps.view(labels.shape), None if entropies is None else entropies.view(labels.shape)
