@@ -1,12 +1,16 @@
 import dataclasses
 import json
+from typing import Literal, get_args, get_origin
 
 import pytest
 from pydantic import ValidationError
 
 from rlhf_contract.kinds import STAGE_ORDER
+from rlhf_contract.settings import TRLTrainingSettings
 from rlhf_contract.sources import DatasetSource, ModelSource, RewardSource
 from rlhf_contract.stages import STAGE_CONFIGS, parse_stage_config
+from rlhf_contract.stages.dpo import DPOSettings
+from rlhf_contract.stages.grpo import GRPOGeneration, GRPOSettings
 from rlhf_contract.stages.ppo import PPOSettings, PPOStage, PPOStageConfig
 from rlhf_contract.stages.sft import SFTStage, TextColumns
 
@@ -125,7 +129,6 @@ def test_sft_learns_the_text_column_by_default():
 
 
 def test_grpo_settings_are_grpoconfig_knobs_with_trls_defaults():
-    from rlhf_contract.stages.grpo import GRPOGeneration, GRPOSettings
     from rlhf_trainer.trainer.grpo_config import GRPOConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
@@ -136,7 +139,6 @@ def test_grpo_settings_are_grpoconfig_knobs_with_trls_defaults():
 
 
 def test_dpo_settings_are_dpoconfig_knobs_with_trls_defaults():
-    from rlhf_contract.stages.dpo import DPOSettings
     from rlhf_trainer.trainer.dpo_config import DPOConfig
 
     defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
@@ -148,6 +150,54 @@ def test_dpo_settings_are_dpoconfig_knobs_with_trls_defaults():
     for knob, value in DPOSettings().model_dump().items():
         expected = defaults["warmup_steps" if knob == "warmup_ratio" else knob]
         assert value == expected, (knob, value, expected)
+
+
+def literal_fields(stage: str, *models) -> list[tuple[str, str, tuple, bool]]:
+    """(stage, field, allowed values, whether a list) of each field of ``models`` typed a Literal or a list of one."""
+    found = []
+    for model in models:
+        for name, info in model.model_fields.items():
+            kind, many = info.annotation, get_origin(info.annotation) is list
+            if many:
+                (kind,) = get_args(kind)
+            if get_origin(kind) is Literal:
+                found.append((stage, name, get_args(kind), many))
+    return found
+
+
+VOCABULARIES = literal_fields("grpo", GRPOSettings, GRPOGeneration) + literal_fields("dpo", DPOSettings)
+NEEDS = {("dpo", "loss_type", "exo_pair"): {"label_smoothing": 1e-3}}
+REFUSALS = {"lr_scheduler_type": "is not a valid SchedulerType"}  # transformers' message names the type
+
+
+def test_vocabularies_are_found():
+    found = {(stage, name) for stage, name, *_ in VOCABULARIES}
+    assert {("grpo", "loss_type"), ("grpo", "scale_rewards"), ("dpo", "loss_type"), ("dpo", "truncation_mode")} <= found
+
+
+@pytest.mark.filterwarnings("ignore:truncation_mode='keep_end' is deprecated:FutureWarning")
+@pytest.mark.parametrize(("stage", "name", "allowed", "many"), VOCABULARIES,
+                         ids=[f"{stage}-{name}" for stage, name, *_ in VOCABULARIES])
+def test_trainer_configs_take_the_contracts_values_and_refuse_others(tmp_path, stage, name, allowed, many):
+    from rlhf_trainer import DPOConfig, GRPOConfig
+
+    def config(value, **more):
+        value = [value] if many else value
+        args = {"grpo": GRPOConfig, "dpo": DPOConfig}[stage](
+            output_dir=str(tmp_path), report_to="none", bf16=False, **{name: value}, **more)
+        return getattr(args, name)
+
+    for value in allowed:
+        assert config(value, **NEEDS.get((stage, name, value), {})) == ([value] if many else value)
+    with pytest.raises(ValueError, match=REFUSALS.get(name, name)):
+        config("unknown")
+
+
+def test_the_contracts_schedulers_are_some_of_transformers():
+    from transformers import SchedulerType
+
+    schedulers = set(get_args(TRLTrainingSettings.model_fields["lr_scheduler_type"].annotation))
+    assert schedulers < {scheduler.value for scheduler in SchedulerType}
 
 
 def test_every_builtin_verifier_and_dataset_has_its_program():

@@ -15,6 +15,8 @@ from rlhf_contract.sources import DatasetSource, ModelSource
 
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
+TruncationMode = Literal["keep_start", "keep_end"]
+FDivergence = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
 
 
 class DPOSettings(TRLTrainingSettings):
@@ -31,7 +33,7 @@ class DPOSettings(TRLTrainingSettings):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="Assumed share of flipped labels (robust, "
                                                                   "exo_pair, aot).")
     max_length: int = Field(1024, ge=2, description="Most tokens of prompt + completion; longer rows are cut.")
-    truncation_mode: Literal["keep_start", "keep_end"] = Field("keep_start", description="Which end a cut keeps.")
+    truncation_mode: TruncationMode = Field("keep_start", description="Which end a cut keeps.")
     precompute_ref_log_probs: bool = Field(
         False, description="Run the reference once over the dataset before training, then free it.")
     precompute_ref_batch_size: int | None = Field(None, ge=1, description="Batch of that pass; unset: the train "
@@ -40,7 +42,7 @@ class DPOSettings(TRLTrainingSettings):
     use_weighting: bool = Field(False, description="Weight each pair by its likelihood (WPO).")
     ld_alpha: float | None = Field(None, ge=0, le=1, description="Down-weight tokens past the shorter completion "
                                                                  "(LD-DPO); unset: off.")
-    f_divergence_type: Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"] = Field(
+    f_divergence_type: FDivergence = Field(
         "reverse_kl", description="The divergence the scores are built from.")
     f_alpha_divergence_coef: float = Field(0.5, description="Alpha of alpha_divergence.")
     discopop_tau: float = Field(0.05, gt=0, description="Temperature of the discopop loss.")

@@ -16,6 +16,9 @@ from rlhf_contract.sources import DatasetSource, ModelSource
 
 MAX_REWARDS = 16
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "luspo", "cispo", "sapo", "vespo"]
+ScaleRewards = Literal["group", "batch", "none"]
+RewardAggregation = Literal["sum_then_normalize", "normalize_then_sum"]
+ImportanceSamplingLevel = Literal["token", "sequence"]
 
 
 class RewardFunction(ModelSource):
@@ -72,15 +75,15 @@ class GRPOSettings(TRLTrainingSettings):
     num_iterations: int = Field(1, ge=1, description="Optimisation passes over each generation.")
     beta: float = Field(0.0, ge=0, description="KL coefficient; 0: no reference model at all.")
     loss_type: LossType = Field("dapo", description="The loss and its normaliser (docs/algorithms/grpo.md).")
-    scale_rewards: Literal["group", "batch", "none"] = Field(
+    scale_rewards: ScaleRewards = Field(
         "group", description="Divide advantages by the reward std of the group, of the batch, or not at all.")
-    multi_objective_aggregation: Literal["sum_then_normalize", "normalize_then_sum"] = Field(
+    multi_objective_aggregation: RewardAggregation = Field(
         "sum_then_normalize", description="Weight and sum the rewards then normalise, or normalise each first.")
     epsilon: float = Field(0.2, gt=0, description="Clipping epsilon (lower).")
     epsilon_high: float | None = Field(None, gt=0, description="Upper clipping epsilon; unset: epsilon. For cispo "
                                                                "the cap on the weight itself (~5.0).")
     delta: float | None = Field(None, gt=0, description="Upper bound on the unclipped ratio; unset: off.")
-    importance_sampling_level: Literal["token", "sequence"] = Field(
+    importance_sampling_level: ImportanceSamplingLevel = Field(
         "token", description="One importance ratio per token, or per sequence (GSPO).")
     mask_truncated_completions: bool = Field(
         False, description="Leave completions cut at maxCompletionLength out of the loss.")

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from transformers import TrainingArguments
 
-LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
-F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+from rlhf_contract.stages.dpo import DPOLoss, FDivergence, TruncationMode
+
+LOSS_TYPES = get_args(DPOLoss)
+F_DIVERGENCES = get_args(FDivergence)
+TRUNCATION_MODES = get_args(TruncationMode)
 # The f-DPO reparameterisation leaves a beta*log Z(x) term that cancels only in the chosen - rejected difference,
 # so only the losses built on that difference take another f-divergence.
 F_DIVERGENCE_LOSS_TYPES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft")
 SORTING_LOSS_TYPES = ("aot", "aot_unpaired")
+assert {*F_DIVERGENCE_LOSS_TYPES, *SORTING_LOSS_TYPES} <= set(LOSS_TYPES), "a loss type the contract does not know"
 
 
 @dataclass
@@ -63,7 +66,7 @@ class DPOConfig(TrainingArguments):
         "help": "Longest prompt + completion in tokens; each row is cut to it (see truncation_mode). None: no cut."})
     truncation_mode: str = field(default="keep_start", metadata={
         "help": "Which end of a row over max_length to keep: 'keep_start'. 'keep_end' is deprecated.",
-        "choices": ["keep_end", "keep_start"]})
+        "choices": list(TRUNCATION_MODES)})
     padding_free: bool | None = field(default=None, metadata={
         "help": "Pack each batch's prompt+chosen and prompt+rejected sequences whole into rows with no padding "
                 "(position ids restarting at each). None (ours; TRL 1.16's default False pads): wherever the model "
@@ -132,7 +135,7 @@ class DPOConfig(TrainingArguments):
         if self.pad_token is not None:
             warnings.warn("pad_token is deprecated: set tokenizer.pad_token and pass the tokenizer as "
                           "processing_class", FutureWarning, stacklevel=3)
-        if self.truncation_mode not in ("keep_start", "keep_end"):
+        if self.truncation_mode not in TRUNCATION_MODES:
             raise ValueError(f"truncation_mode={self.truncation_mode!r}: use 'keep_start'")
         if self.truncation_mode == "keep_end":
             warnings.warn("truncation_mode='keep_end' is deprecated (TRL removes it in 2.0): use 'keep_start'",

@@ -28,6 +28,7 @@ from rlhf_trainer.trainer.grpo_advantages import compute_advantages, nanmean, na
 from rlhf_trainer.trainer.grpo_config import GRPOConfig  # noqa: F401  (imported from here too, as TRL allows)
 from rlhf_trainer.trainer.grpo_data import RepeatSampler, is_conversational, pad, prepare_prompt_dataset
 from rlhf_trainer.trainer.grpo_loss import (
+    CLIPPED_LOSSES,
     LossSettings,
     clip_indicators,
     dapo_normaliser,
@@ -473,7 +474,7 @@ class GRPOTrainer(Trainer):
         per_sequence = ratio.shape[1] == 1
         if per_sequence:
             mask = torch.ones_like(ratio)
-        if settings.loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"):
+        if settings.loss_type in CLIPPED_LOSSES:
             low, high = clip_indicators(ratio, out.clipped_ratio.detach(), advantages, settings.epsilon_low,
                                         settings.epsilon_high)
             metrics["clip_ratio/low_mean"].append(self._token_mean(low, mask))

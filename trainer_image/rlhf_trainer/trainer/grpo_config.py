@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from transformers import TrainingArguments
 
+from rlhf_contract.stages.grpo import ImportanceSamplingLevel, RewardAggregation, ScaleRewards
 from rlhf_trainer.trainer.grpo_loss import LOSS_TYPES
+
+SCALE_REWARDS = get_args(ScaleRewards)
+REWARD_AGGREGATIONS = get_args(RewardAggregation)
+IMPORTANCE_SAMPLING_LEVELS = get_args(ImportanceSamplingLevel)
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    """``'a', 'b' or 'c'``."""
+    quoted = [repr(value) for value in values]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
 @dataclass
@@ -170,9 +181,8 @@ class GRPOConfig(TrainingArguments):
         default="group", metadata={"help": "Divide advantages by the reward std of the 'group' (or True), of the "
                                            "'batch', or not at all ('none' or False; Dr. GRPO)."})
     loss_type: str = field(
-        default="dapo", metadata={"help": "'grpo', 'bnpo', 'dr_grpo', 'dapo' (default), 'luspo', 'cispo' or "
-                                          "'sapo'; they differ in the per-token term and the normaliser "
-                                          "(docs/algorithms/grpo.md)."})
+        default="dapo", metadata={"help": f"{_one_of(LOSS_TYPES)} (default 'dapo'); they differ in the per-token "
+                                          "term and the normaliser (docs/algorithms/grpo.md)."})
     mask_truncated_completions: bool = field(
         default=False, metadata={"help": "Leave completions that hit max_completion_length without EOS out of the "
                                          "loss (they still count in the rewards)."})
@@ -267,14 +277,15 @@ class GRPOConfig(TrainingArguments):
     def _check_choices(self) -> None:
         if self.loss_type not in LOSS_TYPES:
             raise ValueError(f"loss_type={self.loss_type!r}: use one of {', '.join(LOSS_TYPES)}")
-        if self.scale_rewards not in ("group", "batch", "none"):
-            raise ValueError(f"scale_rewards={self.scale_rewards!r}: use 'group' (True), 'batch' or 'none' (False)")
-        if self.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ValueError(f"scale_rewards={self.scale_rewards!r}: use {_one_of(SCALE_REWARDS)} (True is 'group', "
+                             "False 'none')")
+        if self.multi_objective_aggregation not in REWARD_AGGREGATIONS:
             raise ValueError(f"multi_objective_aggregation={self.multi_objective_aggregation!r}: use "
-                             "'sum_then_normalize' or 'normalize_then_sum'")
-        if self.importance_sampling_level not in ("token", "sequence"):
-            raise ValueError(f"importance_sampling_level={self.importance_sampling_level!r}: use 'token' or "
-                             "'sequence'")
+                             f"{_one_of(REWARD_AGGREGATIONS)}")
+        if self.importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+            raise ValueError(f"importance_sampling_level={self.importance_sampling_level!r}: use "
+                             f"{_one_of(IMPORTANCE_SAMPLING_LEVELS)}")
         if not 0.0 <= self.top_entropy_quantile <= 1.0:
             raise ValueError(f"top_entropy_quantile={self.top_entropy_quantile}: use a value in [0, 1]")
         if self.num_iterations < 1:

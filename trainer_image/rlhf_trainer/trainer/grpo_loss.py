@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import get_args
 
 import torch
 
+from rlhf_contract.stages.grpo import LossType
+
+LOSS_TYPES = get_args(LossType)
 CLIPPED_LOSSES = ("grpo", "bnpo", "dr_grpo", "dapo", "luspo")
 WINDOW_LOSSES = ("dapo", "cispo", "vespo")  # normalised by the accumulation window's token count
-LOSS_TYPES = (*CLIPPED_LOSSES, "cispo", "sapo", "vespo")
+assert {*CLIPPED_LOSSES, *WINDOW_LOSSES} <= set(LOSS_TYPES), "a loss type the contract does not know"
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
