@@ -12,6 +12,7 @@ Problems with the user's input raise ``UserError``: ``main`` prints its one mess
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import os
@@ -27,7 +28,7 @@ from rlhf_contract.sources import DatasetSource, ModelSource, Source, iter_sourc
 from rlhf_operator.api import KubernetesStage, RLHFJob
 from rlhf_operator.crd import crd_yaml
 from rlhf_operator.plan import Plan, PlanError, PlannedStage, make_plan
-from rlhf_operator.settings import LOG_LEVELS, OperatorSettings, SettingsError
+from rlhf_operator.settings import LOG_LEVELS, LeaderElection, OperatorSettings, SettingsError
 
 WORKSPACES = "rlhf-workspace"
 """Where ``rlhf run`` keeps jobs' workspaces by default: ``./rlhf-workspace/<job name>``."""
@@ -235,9 +236,9 @@ def crd(args: argparse.Namespace) -> int:
 
 def add_operator(subparsers: argparse._SubParsersAction) -> None:
     command = subparsers.add_parser(
-        "operator", help="run the operator: one replica only (kopf standalone; peering is not leader election)",
+        "operator", help="run the operator (several replicas with --leader-elect: one acts, the others stand by)",
         description="Run the RLHFJob operator. Every flag also reads an RLHF_* environment variable; the flag "
-                    "wins. Run exactly one replica: kopf's peering is not leader election.")
+                    "wins. Without --leader-elect run exactly one replica.")
     command.add_argument("--namespace", action="append", dest="namespaces", metavar="NS",
                          help="watch only this namespace (repeatable; env RLHF_WATCH_NAMESPACES, comma-separated); "
                               "default: all namespaces")
@@ -246,13 +247,26 @@ def add_operator(subparsers: argparse._SubParsersAction) -> None:
     command.add_argument("--trainer-image", help="image of stages whose RLHFJob sets no spec.image "
                                                  "(env RLHF_TRAINER_IMAGE)")
     command.add_argument("--log-level", choices=LOG_LEVELS, help="env RLHF_LOG_LEVEL; default info")
+    election = command.add_argument_group("leader election", "a coordination.k8s.io/v1 Lease; times in seconds")
+    election.add_argument("--leader-elect", action="store_true", default=None,
+                          help="act only while holding the Lease (env RLHF_LEADER_ELECT=true)")
+    defaults = {f.name: f.default for f in dataclasses.fields(LeaderElection)}
+    for flag, default in (("lease-duration", defaults["lease_duration"]),
+                          ("renew-deadline", defaults["renew_deadline"]), ("retry-period", defaults["retry_period"]),
+                          ("resource-name", defaults["name"]), ("resource-namespace", "the operator's own namespace")):
+        election.add_argument(f"--leader-elect-{flag}", metavar="S" if isinstance(default, float) else "NAME",
+                              help=f"env RLHF_LEADER_ELECT_{flag.upper().replace('-', '_')}; default {default}")
     command.set_defaults(handler=operator)
 
 
 def operator(args: argparse.Namespace) -> int:
     try:
-        settings = OperatorSettings.from_env(namespaces=tuple(args.namespaces or ()), port=args.port,
-                                             trainer_image=args.trainer_image, log_level=args.log_level)
+        settings = OperatorSettings.from_env(
+            namespaces=tuple(args.namespaces or ()), port=args.port, trainer_image=args.trainer_image,
+            log_level=args.log_level, leader_elect=args.leader_elect,
+            lease_duration=args.leader_elect_lease_duration, renew_deadline=args.leader_elect_renew_deadline,
+            retry_period=args.leader_elect_retry_period, lease_name=args.leader_elect_resource_name,
+            lease_namespace=args.leader_elect_resource_namespace)
     except SettingsError as e:
         raise UserError(str(e)) from e
     from rlhf_operator.handlers import run  # kopf and the Kubernetes client: only for this command

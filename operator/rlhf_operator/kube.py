@@ -67,12 +67,13 @@ async def _json(response) -> dict:
 class Kube:
     """The API calls the operator makes (see docs/operator-runtime.md for the RBAC they need)."""
 
-    def __init__(self, api_client: client.ApiClient):
+    def __init__(self, api_client: client.ApiClient, instance: str | None = None):
         self.api_client = api_client
         self._core = client.CoreV1Api(api_client)
         self._batch = client.BatchV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         self._auth = client.AuthenticationV1Api(api_client)
+        coordination = client.CoordinationV1Api(api_client)
         # kind -> (API, the suffix of its *_namespaced_<suffix> methods)
         self._kinds = {
             "Job": (self._batch, "namespaced_job"),
@@ -81,8 +82,9 @@ class Kube:
             "PersistentVolumeClaim": (self._core, "namespaced_persistent_volume_claim"),
             "Pod": (self._core, "namespaced_pod"),
             "Event": (self._core, "namespaced_event"),
+            "Lease": (coordination, "namespaced_lease"),
         }
-        self._instance = socket.gethostname()
+        self._instance = instance or socket.gethostname()  # the Events' reportingInstance
 
     async def close(self) -> None:
         await self.api_client.close()
@@ -115,6 +117,11 @@ class Kube:
     async def create(self, obj: dict) -> dict:
         """Create ``obj``; ApiError 409 when an object of that name exists."""
         return await _json(await self._method("create", obj["kind"])(obj["metadata"]["namespace"], obj))
+
+    async def replace(self, obj: dict) -> dict:
+        """Replace ``obj`` as read (its resourceVersion included); ApiError 409 when it changed since."""
+        meta = obj["metadata"]
+        return await _json(await self._method("replace", obj["kind"])(meta["name"], meta["namespace"], obj))
 
     async def patch(self, kind: str, namespace: str, name: str, patch: dict) -> dict:
         """Merge-patch an object (not its status)."""

@@ -24,6 +24,8 @@ class Metrics:
         self.rejected_pushes = Counter(
             "rlhf_status_pushes_rejected_total", "Progress pushes refused, by reason.", ["reason"],
             registry=self.registry)
+        self.leader = Gauge("rlhf_operator_leader", "1 while this replica holds the leader Lease (or runs alone).",
+                            registry=self.registry)
         for phase in PHASES:
             self.jobs.labels(phase)
         self._phases: dict[tuple[str, str], str] = {}

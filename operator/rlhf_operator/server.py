@@ -43,6 +43,7 @@ PUSH_BURST = 10
 VERIFIED_SECONDS = 60.0
 """How long a verified token's identity is reused before it is checked again."""
 MAX_VERIFIED = 10_000
+STANDBY_RETRY_SECONDS = 1
 
 
 class Rejected(Exception):
@@ -84,13 +85,16 @@ class TokenBucket:
 class StatusEndpoint:
     """POST /v1/status."""
 
-    def __init__(self, kube: Kube, metrics: Metrics, clock: Callable[[], float] = time.monotonic):
-        self.kube, self.metrics, self.clock = kube, metrics, clock
+    def __init__(self, kube: Kube, metrics: Metrics, clock: Callable[[], float] = time.monotonic,
+                 leading: Callable[[], bool] = lambda: True):
+        self.kube, self.metrics, self.clock, self.leading = kube, metrics, clock, leading
         self.limiter = TokenBucket(PUSH_RATE, PUSH_BURST, clock)
         self._verified: dict[str, tuple[float, Pusher]] = {}
 
     async def handle(self, request: web.Request) -> web.Response:
         try:
+            if not self.leading():  # a standby never writes; the pod sends the record again, to another replica
+                raise Rejected(503, "standby", "this operator replica is a standby; retry")
             token = _bearer(request)
             record = await _record(request)
             pusher = await self._pusher(token, record.stage)
@@ -101,7 +105,8 @@ class StatusEndpoint:
         except Rejected as e:
             self.metrics.rejected_pushes.labels(e.reason).inc()
             log.warning("refused a progress push (%s): %s", e.reason, e.message)
-            return web.json_response({"error": e.message}, status=e.status)
+            headers = {"Retry-After": str(STANDBY_RETRY_SECONDS)} if e.reason == "standby" else None
+            return web.json_response({"error": e.message}, status=e.status, headers=headers)
         except ApiError as e:
             if e.status == 404:  # the RLHFJob was deleted since its pod was verified
                 return web.json_response({"error": "the RLHFJob is gone"}, status=404)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -21,6 +23,29 @@ _SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/name
 
 class SettingsError(ValueError):
     """A flag or environment variable with a value the operator cannot use."""
+
+
+@dataclass(frozen=True)
+class LeaderElection:
+    """Where the Lease is and how it is held (kube-controller-manager's --leader-elect-* flags, in seconds)."""
+
+    namespace: str
+    name: str = "rlhf-operator"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4()}")
+
+    def problems(self) -> list[str]:
+        """What makes these timings unsafe (client-go's checks): empty when they are fine."""
+        found = []
+        if not self.lease_duration > self.renew_deadline:
+            found.append("the lease duration must be longer than the renew deadline")
+        if not self.renew_deadline > 1.2 * self.retry_period:
+            found.append("the renew deadline must be longer than 1.2 retry periods")
+        if self.retry_period <= 0:
+            found.append("the retry period must be positive")
+        return found
 
 
 @dataclass(frozen=True)
@@ -44,6 +69,8 @@ class OperatorSettings:
     """spec.template fields merged under every job's own."""
     progress_timeout_seconds: float = 600.0
     """How long a running stage may go without a progress report before ProgressReported turns False."""
+    leader_election: LeaderElection | None = None
+    """None: this replica acts alone (run exactly one)."""
 
     @property
     def status_url(self) -> str:
@@ -69,6 +96,8 @@ class OperatorSettings:
                 raise SettingsError(f"RLHF_PROGRESS_TIMEOUT_SECONDS={timeout!r}: not a number of seconds") from None
         if template := env.get("RLHF_DEFAULT_POD_TEMPLATE"):
             values["default_pod_template"] = _pod_template(template)
+        values["leader_election"] = _leader_election(env, {key: overrides.pop(key) for key in ELECTION_FLAGS
+                                                           if key in overrides})
         values.update({key: value for key, value in overrides.items() if value not in (None, ())})
         if "service_url" not in values:
             values["service_url"] = f"http://rlhf-operator.{_own_namespace()}.svc:{values.get('port', DEFAULT_PORT)}"
@@ -78,6 +107,44 @@ class OperatorSettings:
         if not 0 < settings.port < 65536:
             raise SettingsError(f"port {settings.port}: use a port number from 1 to 65535")
         return settings
+
+
+ELECTION_FLAGS = ("leader_elect", "lease_name", "lease_namespace", "lease_duration", "renew_deadline", "retry_period")
+"""Keyword overrides of `OperatorSettings.from_env` that set `leader_election`."""
+_ELECTION_ENV = {"lease_name": "RLHF_LEADER_ELECT_RESOURCE_NAME",
+                 "lease_namespace": "RLHF_LEADER_ELECT_RESOURCE_NAMESPACE",
+                 "lease_duration": "RLHF_LEADER_ELECT_LEASE_DURATION",
+                 "renew_deadline": "RLHF_LEADER_ELECT_RENEW_DEADLINE",
+                 "retry_period": "RLHF_LEADER_ELECT_RETRY_PERIOD"}
+
+
+def _leader_election(env: Mapping[str, str], overrides: dict) -> LeaderElection | None:
+    """RLHF_LEADER_ELECT and its companions, flags winning; None when leader election is off."""
+    enabled = overrides.get("leader_elect")
+    if enabled is None:
+        enabled = env.get("RLHF_LEADER_ELECT", "").strip().lower() in ("1", "true", "yes")
+    if not enabled:
+        return None
+    values: dict = {}
+    for key, name in _ELECTION_ENV.items():
+        text = overrides.get(key)
+        if text is None:
+            text = env.get(name) or None
+        if text is None:
+            continue
+        if key.startswith("lease_n"):
+            values[key.removeprefix("lease_")] = str(text)
+            continue
+        try:
+            values[key] = float(str(text).removesuffix("s"))
+        except ValueError:
+            raise SettingsError(f"{name}={text!r}: not a number of seconds") from None
+    values.setdefault("namespace", _own_namespace())
+    election = LeaderElection(**values)
+    if problems := election.problems():
+        raise SettingsError(f"leader election: {'; '.join(problems)} (lease duration {election.lease_duration}s, "
+                            f"renew deadline {election.renew_deadline}s, retry period {election.retry_period}s)")
+    return election
 
 
 def _port(text: str, name: str) -> int:

@@ -30,6 +30,7 @@ GPU_TEMPLATE = {
 VALUE_SETS = {
     "defaults": {},
     "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "single-replica": {"replicas": 1, "leaderElection": {"enabled": False}},
     "service-monitor": {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}},
     "custom": {
         "image": {"repository": "registry.example.com/rlhf/operator", "tag": "1.2.3", "pullPolicy": "Always"},

@@ -41,6 +41,13 @@ CLUSTER_SCOPED_GRANTS = grants(("authentication.k8s.io", "tokenreviews"), verbs=
     ("apiextensions.k8s.io", "customresourcedefinitions"), verbs="get list watch"
 )
 NAMESPACE_DISCOVERY_GRANTS = grants(("", "namespaces"), verbs="list watch")
+LEADER_ELECTION_ROLE = f"{RELEASE}-leader-election"
+
+
+def namespaced_roles(objects: list[dict], kind: str) -> dict[str, dict]:
+    """The Roles (or RoleBindings) of watched namespaces, by namespace: all but leader election's."""
+    return {o["metadata"]["namespace"]: o for o in objects
+            if o["kind"] == kind and o["metadata"]["name"] != LEADER_ELECTION_ROLE}
 
 @pytest.fixture(scope="module", params=sorted(VALUE_SETS))
 def rendered(request) -> tuple[str, list[dict]]:
@@ -63,10 +70,40 @@ def test_templates_never_render_the_crd():
     assert "CustomResourceDefinition" not in [o["kind"] for o in parse(result.stdout)]
 
 
-def test_operator_is_one_replica_rolled_out_with_recreate(rendered):
-    deployment = only(rendered[1], "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+def test_operator_runs_two_replicas_with_leader_election_or_one_recreated_without(rendered):
+    name, objects = rendered
+    deployment = only(objects, "Deployment")
+    env = container_env(deployment)
+    if name == "single-replica":
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        assert "RLHF_LEADER_ELECT" not in env
+        assert not [o for o in objects if o["metadata"]["name"] == LEADER_ELECTION_ROLE]
+        return
+    assert deployment["spec"]["replicas"] == 2
+    assert "strategy" not in deployment["spec"]  # rolling: a standby leads while the old pods go
+    assert {key: env[key] for key in env if key.startswith("RLHF_LEADER_ELECT")} == {
+        "RLHF_LEADER_ELECT": "true", "RLHF_LEADER_ELECT_RESOURCE_NAME": RELEASE,
+        "RLHF_LEADER_ELECT_RESOURCE_NAMESPACE": NAMESPACE, "RLHF_LEADER_ELECT_LEASE_DURATION": "15",
+        "RLHF_LEADER_ELECT_RENEW_DEADLINE": "10", "RLHF_LEADER_ELECT_RETRY_PERIOD": "2"}
+
+
+def test_leader_election_may_create_leases_and_read_and_update_only_its_own(default_chart):
+    (role,) = [o for o in default_chart if o["kind"] == "Role"]
+    (binding,) = [o for o in default_chart if o["kind"] == "RoleBinding"]
+    assert (role["metadata"]["name"], role["metadata"]["namespace"]) == (LEADER_ELECTION_ROLE, NAMESPACE)
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [RELEASE],
+         "verbs": ["get", "update"]}]
+    assert binding["roleRef"]["name"] == LEADER_ELECTION_ROLE
+    assert binding["subjects"][0]["name"] == only(default_chart, "ServiceAccount")["metadata"]["name"]
+
+
+def test_more_than_one_replica_without_leader_election_is_refused():
+    result = helm_template({"leaderElection": {"enabled": False}})
+    assert result.returncode != 0
+    assert "replicas > 1 needs leaderElection.enabled" in result.stderr
 
 
 def test_operator_pod_is_hardened(default_chart):
@@ -119,6 +156,7 @@ def test_default_values_give_the_runtime_defaults(default_chart):
         "RLHF_SERVICE_URL": f"http://{RELEASE}.{NAMESPACE}.svc:8080",
         "RLHF_DEFAULT_STORAGE_SIZE": "20Gi",
         "RLHF_DEFAULT_POD_TEMPLATE": "{}",
+        **{key: value for key, value in env.items() if key.startswith("RLHF_LEADER_ELECT")},
     }  # no RLHF_WATCH_NAMESPACES: all namespaces; no RLHF_DEFAULT_STORAGE_CLASS: the cluster's default
 
 
@@ -144,7 +182,7 @@ def test_custom_values_reach_the_operator():
 def test_cluster_wide_rbac_grants_exactly_the_documented_verbs(default_chart):
     role = only(default_chart, "ClusterRole")
     assert rbac_grants(role["rules"]) == NAMESPACED_GRANTS | CLUSTER_SCOPED_GRANTS | NAMESPACE_DISCOVERY_GRANTS
-    assert not [o for o in default_chart if o["kind"] in ("Role", "RoleBinding")]
+    assert not namespaced_roles(default_chart, "Role") and not namespaced_roles(default_chart, "RoleBinding")
     binding = only(default_chart, "ClusterRoleBinding")
     account = only(default_chart, "ServiceAccount")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
@@ -159,13 +197,13 @@ def test_no_rule_uses_wildcards_or_extra_fields(rendered):
     for obj in rendered[1]:
         for rule in obj.get("rules", []):
             assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], obj["metadata"]["name"]
-            assert set(rule) == {"apiGroups", "resources", "verbs"}, obj["metadata"]["name"]
+            allowed = {"apiGroups", "resources", "verbs"} | ({"resourceNames"} if rule["resources"] == ["leases"] else set())
+            assert set(rule) <= allowed and set(rule) >= allowed - {"resourceNames"}, obj["metadata"]["name"]
 
 
 def test_namespaced_mode_grants_roles_in_each_namespace_and_no_cluster_wide_write():
     objects = render(VALUE_SETS["namespaced"])
-    roles = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "Role"}
-    bindings = {o["metadata"]["namespace"]: o for o in objects if o["kind"] == "RoleBinding"}
+    roles, bindings = namespaced_roles(objects, "Role"), namespaced_roles(objects, "RoleBinding")
     assert sorted(roles) == sorted(bindings) == ["team-a", "team-b"]
     account = only(objects, "ServiceAccount")
     for namespace, role in roles.items():
@@ -203,6 +241,8 @@ def test_service_monitor_is_off_by_default_and_scrapes_metrics_when_on(default_c
         ({"defaultPodTemplate": {"toleration": []}}, "defaultPodTemplate: Additional property toleration"),
         ({"image": {"tag": 1.2}}, "image.tag: Invalid type. Expected: string"),
         ({"metrics": {"serviceMonitor": {"enabled": "yes"}}}, "metrics.serviceMonitor.enabled: Invalid type"),
+        ({"replicas": 0}, "replicas: Must be greater than or equal to 1"),
+        ({"leaderElection": {"leaseDuration": "15s"}}, "leaderElection.leaseDuration: Invalid type"),
     ],
 )
 def test_bad_values_fail_with_the_schema_error(values, message):

@@ -36,6 +36,9 @@ def test_the_same_objects_as_the_chart_with_default_values(manifests, default_ch
         ("ClusterRole", "rules"),
         ("ClusterRoleBinding", "roleRef"),
         ("ClusterRoleBinding", "subjects"),
+        ("Role", "rules"),
+        ("RoleBinding", "roleRef"),
+        ("RoleBinding", "subjects"),
         ("Service", "spec"),
         ("Deployment", "spec.replicas"),
         ("Deployment", "spec.strategy"),
@@ -48,7 +51,7 @@ def test_matches_the_chart_rendered_with_default_values(manifests, default_chart
     def get(objects):
         value = only(objects, kind)
         for key in field.split("."):
-            value = value[key]
+            value = value.get(key)
         return value
 
     assert get(manifests) == get(default_chart)

@@ -1,6 +1,8 @@
 """The operator with only the RBAC the manifests grant (manifests/rbac, the chart's default): it logs in as the
-ServiceAccount, and the real API server authorizes every call it makes while a job runs to its end."""
+ServiceAccount, and the real API server authorizes every call it makes while a job runs to its end, leader
+election's included."""
 
+import kubernetes
 import yaml
 from harness import ROOT, log_in, rlhfjob, run_stage, running_operator, wait_for
 
@@ -9,14 +11,18 @@ RBAC = ROOT / "manifests" / "rbac"
 
 def service_account_rbac(ns: str) -> list[dict]:
     """The ServiceAccount, ClusterRole and ClusterRoleBinding of manifests/rbac, the account in ``ns`` and the
-    cluster-wide objects named after it (so that tests never share them)."""
+    cluster-wide objects named after it (so that tests never share them), then the Lease's Role and RoleBinding
+    in ``ns``."""
     objects = [yaml.safe_load((RBAC / f"{name}.yaml").read_text())
                for name in ("serviceaccount", "clusterrole", "clusterrolebinding")]
     account, role, binding = objects
     account["metadata"]["namespace"] = ns
     role["metadata"]["name"] = binding["metadata"]["name"] = binding["roleRef"]["name"] = f"rlhf-operator-{ns}"
     binding["subjects"][0]["namespace"] = ns
-    return objects
+    lease_role, lease_binding = yaml.safe_load_all((RBAC / "leader-election.yaml").read_text())
+    lease_role["metadata"]["namespace"] = lease_binding["metadata"]["namespace"] = ns
+    lease_binding["subjects"][0]["namespace"] = ns
+    return [*objects, lease_role, lease_binding]
 
 
 def test_the_operator_runs_a_job_with_only_the_rbac_the_manifests_grant(control_plane, cluster, api, ns,
@@ -31,6 +37,9 @@ def test_the_operator_runs_a_job_with_only_the_rbac_the_manifests_grant(control_
     kubeconfig = tmp_path / "operator.kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(config))
     log_in(monkeypatch, kubeconfig)
+    monkeypatch.setenv("RLHF_LEADER_ELECT", "true")
+    monkeypatch.setenv("RLHF_LEADER_ELECT_RESOURCE_NAMESPACE", ns)
+    leases = kubernetes.client.CoordinationV1Api(cluster.client)
     try:
         with running_operator(cluster, monkeypatch) as operator:
             api.create_rlhfjob(ns, rlhfjob("least"))
@@ -46,5 +55,8 @@ def test_the_operator_runs_a_job_with_only_the_rbac_the_manifests_grant(control_
             api.wait_phase(ns, "least", "Succeeded")
             assert "Succeeded" in api.event_reasons(ns, "least")
             assert operator.metric("rlhf_reconcile_errors_total") == 0
+            assert operator.metric("rlhf_operator_leader") == 1
+            assert leases.read_namespaced_lease("rlhf-operator", ns).spec.holder_identity
+        assert leases.read_namespaced_lease("rlhf-operator", ns).spec.holder_identity is None  # released
     finally:
-        control_plane.run_kubectl("delete", "--wait=false", "-f", "-", input=yaml.safe_dump_all(objects[1:]))
+        control_plane.run_kubectl("delete", "--wait=false", "-f", "-", input=yaml.safe_dump_all(objects[1:3]))

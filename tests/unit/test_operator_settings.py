@@ -50,3 +50,25 @@ def test_the_command_reports_a_bad_setting_and_exits_1(monkeypatch, capsys):
     monkeypatch.setenv("RLHF_DEFAULT_POD_TEMPLATE", "[]")
     assert main(["operator", "--port", "9000"]) == 1
     assert capsys.readouterr().err.startswith("rlhf: RLHF_DEFAULT_POD_TEMPLATE is not a spec.template")
+
+
+def test_leader_election_is_off_unless_asked_for_and_flags_win_over_the_environment():
+    assert OperatorSettings.from_env({}).leader_election is None
+    env = {"RLHF_LEADER_ELECT": "true", "RLHF_LEADER_ELECT_LEASE_DURATION": "30s",
+           "RLHF_LEADER_ELECT_RESOURCE_NAMESPACE": "ops"}
+    election = OperatorSettings.from_env(env, renew_deadline="20", lease_name="ours").leader_election
+    assert (election.namespace, election.name) == ("ops", "ours")
+    assert (election.lease_duration, election.renew_deadline, election.retry_period) == (30.0, 20.0, 2.0)
+    assert OperatorSettings.from_env(env, leader_elect=None).leader_election is not None
+    other = OperatorSettings.from_env(env).leader_election
+    assert other.identity != election.identity  # each process its own
+
+
+@pytest.mark.parametrize(("timings", "problem"), [
+    ({"RLHF_LEADER_ELECT_RENEW_DEADLINE": "15"}, "lease duration must be longer than the renew deadline"),
+    ({"RLHF_LEADER_ELECT_RETRY_PERIOD": "9"}, "renew deadline must be longer than 1.2 retry periods"),
+    ({"RLHF_LEADER_ELECT_RETRY_PERIOD": "soon"}, "RLHF_LEADER_ELECT_RETRY_PERIOD='soon': not a number of seconds"),
+])
+def test_unsafe_leader_election_timings_are_refused(timings, problem):
+    with pytest.raises(SettingsError, match=problem):
+        OperatorSettings.from_env({"RLHF_LEADER_ELECT": "1", **timings})

@@ -1,5 +1,6 @@
 import json
 import threading
+import time
 
 from rlhf_contract.progress import progress_record
 from rlhf_contract.workspace import StageDir, mark_complete, read_metrics
@@ -107,3 +108,25 @@ def test_a_failed_push_is_dropped_and_later_ones_still_go(monkeypatch, caplog):
     reporter.close()
     assert [r["step"] for r in sent] == [2]
     assert "connection refused" in caplog.text
+
+
+def test_a_push_a_standby_operator_refuses_with_503_is_sent_again_until_one_takes_it(monkeypatch):
+    import urllib.error
+
+    answers, sent = [503, 503, 200], []
+
+    def post(self, record, headers):
+        status = answers.pop(0)
+        sent.append((record["step"], status))
+        if status != 200:
+            raise urllib.error.HTTPError(self.url, status, "standby", {"Retry-After": "1"}, None)
+
+    monkeypatch.setattr("rlhf_trainer.stage.report.RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(HttpReporter, "_post", post)
+    reporter = HttpReporter("http://op/v1/status", interval=60)
+    reporter.report(progress_record("ppo", "ppo", 7, 10, {}))
+    deadline = time.monotonic() + 10
+    while len(sent) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    reporter.close()
+    assert sent == [(7, 503), (7, 503), (7, 200)]  # the same record, a retry period apart, not the interval

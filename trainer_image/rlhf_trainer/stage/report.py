@@ -3,7 +3,9 @@
 Records are the contract's progress records (``rlhf_contract.progress``). The push goes to ``RLHF_STATUS_URL`` with
 the pod's projected service-account token (``RLHF_STATUS_TOKEN_FILE``) as a bearer token; the operator verifies it
 and patches the RLHFJob's status. Pushes never slow training: they go from a background thread, the newest record
-wins, a failed push is logged and dropped (the file keeps every record), and closing waits a bounded time.
+wins, a failed push is logged and dropped (the file keeps every record), and closing waits a bounded time. A
+503 (a standby replica of the operator answered, or the operator cannot reach the API server) is retried a second
+later, with the same record unless a newer one is waiting, a few times.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +26,8 @@ from rlhf_contract.workspace import StageDir
 log = logging.getLogger(__name__)
 
 PUSH_INTERVAL_SECONDS = 5.0
+RETRY_SECONDS = 1.0
+RETRIES = 10
 
 
 class FileReporter:
@@ -69,7 +74,7 @@ class HttpReporter:
             log.warning("status push to %s did not finish within %.0fs; not waiting for it", self.url, self.timeout)
 
     def _run(self) -> None:
-        last_sent = float("-inf")
+        last_sent, retries = float("-inf"), 0
         while True:
             with self._wake:
                 while self._pending is None and not self._closing:
@@ -82,23 +87,37 @@ class HttpReporter:
                     continue
                 record, self._pending = self._pending, None
             last_sent = time.monotonic()
-            self._send(record)
+            retry = self._send(record)
+            with self._wake:
+                if not retry or self._pending is not None:  # sent, dropped, or overtaken by a newer record
+                    retries = 0
+                elif retries < RETRIES:
+                    self._pending, retries = record, retries + 1
+                    last_sent += RETRY_SECONDS - self.interval  # the next try in RETRY_SECONDS
 
-    def _send(self, record: dict) -> None:
+    def _send(self, record: dict) -> bool:
+        """POST one record; True when it is worth sending again (the operator answered 503)."""
         headers = {"Content-Type": "application/json"}
         try:
             if self.token_file:
                 # Re-read each time: the kubelet rotates projected tokens.
                 headers["Authorization"] = "Bearer " + Path(self.token_file).read_text().strip()
             self._post(record, headers)
+        except urllib.error.HTTPError as exc:
+            self._failed(exc)
+            return exc.code == 503
         except Exception as exc:  # noqa: BLE001 - reporting must never stop training
-            if not self._failing:  # one warning per outage, not one per record
-                log.warning("status push to %s failed (later failures are logged at debug level): %s", self.url, exc)
-            else:
-                log.debug("status push to %s failed: %s", self.url, exc)
-            self._failing = True
-            return
+            self._failed(exc)
+            return False
         self._failing = False
+        return False
+
+    def _failed(self, exc: Exception) -> None:
+        if not self._failing:  # one warning per outage, not one per record
+            log.warning("status push to %s failed (later failures are logged at debug level): %s", self.url, exc)
+        else:
+            log.debug("status push to %s failed: %s", self.url, exc)
+        self._failing = True
 
     def _post(self, record: dict, headers: dict) -> None:
         request = urllib.request.Request(self.url, json.dumps(record).encode(), headers, method="POST")
