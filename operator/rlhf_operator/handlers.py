@@ -77,12 +77,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     http = await serve(make_app(StatusEndpoint(kube, metrics, leading=leading), metrics, ready=ready.is_set),
                        ours.port)
     memo.runtime = runtime = Runtime(ours, kube, metrics, controller, http, ready, elector)
+    ready.set()  # a standby is ready too: it answers probes and refuses pushes with 503, which pods retry
     if elector:
-        ready.set()  # a standby is ready: it answers probes and refuses pushes with 503, which pods retry
         await elector.acquire()
         runtime.keeper = asyncio.create_task(_exit_when_lost(elector), name="leader election")
     metrics.leader.set(1)
-    ready.set()
     log.info("rlhf-operator: watching %s; HTTP on :%d; trainer image %s",
              ", ".join(ours.namespaces) or "all namespaces", ours.port, ours.trainer_image)
 

@@ -109,13 +109,15 @@ class OperatorSettings:
         return settings
 
 
-ELECTION_FLAGS = ("leader_elect", "lease_name", "lease_namespace", "lease_duration", "renew_deadline", "retry_period")
+_ELECTION_ENV = {  # override -> (LeaderElection field, environment variable)
+    "lease_name": ("name", "RLHF_LEADER_ELECT_RESOURCE_NAME"),
+    "lease_namespace": ("namespace", "RLHF_LEADER_ELECT_RESOURCE_NAMESPACE"),
+    "lease_duration": ("lease_duration", "RLHF_LEADER_ELECT_LEASE_DURATION"),
+    "renew_deadline": ("renew_deadline", "RLHF_LEADER_ELECT_RENEW_DEADLINE"),
+    "retry_period": ("retry_period", "RLHF_LEADER_ELECT_RETRY_PERIOD"),
+}
+ELECTION_FLAGS = ("leader_elect", *_ELECTION_ENV)
 """Keyword overrides of `OperatorSettings.from_env` that set `leader_election`."""
-_ELECTION_ENV = {"lease_name": "RLHF_LEADER_ELECT_RESOURCE_NAME",
-                 "lease_namespace": "RLHF_LEADER_ELECT_RESOURCE_NAMESPACE",
-                 "lease_duration": "RLHF_LEADER_ELECT_LEASE_DURATION",
-                 "renew_deadline": "RLHF_LEADER_ELECT_RENEW_DEADLINE",
-                 "retry_period": "RLHF_LEADER_ELECT_RETRY_PERIOD"}
 
 
 def _leader_election(env: Mapping[str, str], overrides: dict) -> LeaderElection | None:
@@ -126,19 +128,17 @@ def _leader_election(env: Mapping[str, str], overrides: dict) -> LeaderElection 
     if not enabled:
         return None
     values: dict = {}
-    for key, name in _ELECTION_ENV.items():
-        text = overrides.get(key)
-        if text is None:
-            text = env.get(name) or None
+    for key, (name, variable) in _ELECTION_ENV.items():
+        text = overrides.get(key) if overrides.get(key) is not None else env.get(variable) or None
         if text is None:
             continue
-        if key.startswith("lease_n"):
-            values[key.removeprefix("lease_")] = str(text)
+        if name in ("name", "namespace"):
+            values[name] = str(text)
             continue
         try:
-            values[key] = float(str(text).removesuffix("s"))
+            values[name] = float(str(text).removesuffix("s"))
         except ValueError:
-            raise SettingsError(f"{name}={text!r}: not a number of seconds") from None
+            raise SettingsError(f"{variable}={text!r}: not a number of seconds") from None
     values.setdefault("namespace", _own_namespace())
     election = LeaderElection(**values)
     if problems := election.problems():

@@ -1,6 +1,7 @@
 """Two operator replicas with leader election, as the chart runs them: one acts, the other stands by and takes
 over when the leader's process is killed, and nothing is done twice."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import time
 import urllib.request
 
 import kubernetes
-from harness import free_port, names, rlhfjob, run_stage, wait_for
+from harness import OperatorHandle, _ready, free_port, names, rlhfjob, run_stage, wait_for
 
 LEASE = {"RLHF_LEADER_ELECT_LEASE_DURATION": "3", "RLHF_LEADER_ELECT_RENEW_DEADLINE": "2",
          "RLHF_LEADER_ELECT_RETRY_PERIOD": "0.5"}
@@ -28,21 +29,13 @@ class Replica:
         self.process = subprocess.Popen([sys.executable, "-m", "rlhf_operator.cli", "operator", "--namespace", ns],
                                         env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=2) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
-        except OSError:
-            return 0, ""
+        self.http = OperatorHandle(self.url, runner=None)  # probes and metrics, as for an in-process operator
 
     def leads(self) -> bool:
-        return "rlhf_operator_leader 1.0" in self.get("/metrics")[1]
+        return self.http.metric("rlhf_operator_leader") == 1
 
     def push(self, record: dict, token: str) -> tuple[int, dict]:
-        import json
-
+        """The answer's status and headers (a standby's Retry-After)."""
         request = urllib.request.Request(self.url + "/v1/status", json.dumps(record).encode(),
                                          {"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
         try:
@@ -75,7 +68,7 @@ def test_the_standby_takes_over_when_the_leader_is_killed_mid_chain_and_nothing_
     replicas = [Replica(cluster, ns, tmp_path / f"replica-{i}.log") for i in range(2)]
     try:
         for replica in replicas:  # both serve: probes, metrics, pushes
-            wait_for(lambda r=replica: r.get("/readyz")[0] == 200, 30, "both replicas' /readyz")
+            wait_for(lambda r=replica: _ready(r.http), 30, "both replicas' /readyz")
         leader = wait_for(lambda: next((r for r in replicas if r.leads()), None), 15, "a leader")
         standby = next(r for r in replicas if r is not leader)
         assert not standby.leads()
